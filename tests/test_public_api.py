@@ -1,0 +1,33 @@
+"""The package's public face is exactly what ``__all__`` declares, and every name resolves."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import onnxfuse
+
+PUBLIC_MODULES = ["onnxfuse", "onnxfuse.errors", "onnxfuse.numerics", "onnxfuse.fileio",
+                  "onnxfuse.opset", "onnxfuse.models", "onnxfuse.exporters"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_names_resolve(name: str) -> None:
+    module = importlib.import_module(name)
+    assert len(set(module.__all__)) == len(module.__all__)
+    for attr in module.__all__:
+        assert getattr(module, attr) is not None, f"{name}.{attr}"
+
+
+def test_top_level_api_is_declared() -> None:
+    assert set(dir(onnxfuse)) == set(onnxfuse.__all__)
+    with pytest.raises(AttributeError):
+        onnxfuse.not_a_name  # noqa: B018
+
+
+def test_error_exit_codes() -> None:
+    assert onnxfuse.UserError("x").exit_code == 2
+    assert onnxfuse.ModelNotFoundError("x").exit_code == 2
+    assert onnxfuse.ParityError("x").exit_code == 1
+    assert onnxfuse.ExportError("x").exit_code == 3

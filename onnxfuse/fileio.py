@@ -34,8 +34,12 @@ def check_output(path: str | os.PathLike[str], *, force: bool = False,
     parent = out.parent
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} does not exist: create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {parent} is not writable: choose another -o path")
+    try:  # os.access says yes to root even on read-only or virtual file systems: try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write in {parent}: {e.strerror}; choose another output "
+                          "folder") from None
     if out.exists() and not force:
         raise OutputError(f"output {out} exists: pass --force to replace it")
     return out

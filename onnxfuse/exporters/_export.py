@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 
 from onnxfuse import models
@@ -155,9 +156,14 @@ def _export_dynamo(ex: models.Exportable, path: Path, opset: int | None) -> None
     )
     if program is None:
         raise ExportError("torch.onnx.export(dynamo=True) returned no program")
-    model = program.model_proto
-    onnx.save_model(model, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=_EXTERNAL_THRESHOLD)
+    _save(program.model, path)
+
+
+def _save(model: ir.Model, path: Path) -> None:
+    # onnx_ir, not onnx.save_model: onnx 1.23's save checks for an existing data file
+    # relative to the current directory instead of the model's folder, and copies every
+    # weight into one protobuf first.
+    ir.save(model, path, external_data=path.name + ".data", size_threshold_bytes=_EXTERNAL_THRESHOLD)
 
 
 def _export_torchscript(ex: models.Exportable, path: Path, opset: int | None) -> None:
@@ -172,9 +178,7 @@ def _export_torchscript(ex: models.Exportable, path: Path, opset: int | None) ->
     )
     # The TorchScript exporter writes weights inline (or as one file per tensor past 2 GB):
     # rewrite them into the single data file every onnxfuse export has.
-    model = onnx.load(os.fspath(raw), load_external_data=True)
-    onnx.save_model(model, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=_EXTERNAL_THRESHOLD)
+    _save(ir.load(raw), path)
     for f in scratch.iterdir():
         f.unlink()
     scratch.rmdir()
@@ -277,8 +281,9 @@ def export(config: ExportConfig) -> ExportResult:
     start = time.perf_counter()
     _validate(config)
     out = check_output(config.output, force=config.force)
-    log.info("building %s (%s, %s)", config.model, config.part, config.dtype)
-    ex = models.build(config.model, part=config.part, dtype=config.dtype, seed=config.seed,
+    source = models.resolve(config.model)
+    log.info("building %s (%s, %s)", source.name, config.part, config.dtype)
+    ex = models.build(source, part=config.part, dtype=config.dtype, seed=config.seed,
                       mlp_layer=config.mlp_layer, batch=config.batch, seq=config.seq)
     with staged_outputs(out) as stage:
         staged = stage / out.name

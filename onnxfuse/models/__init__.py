@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from onnxfuse.models._build import PARTS, TORCH_DTYPES, Exportable, Part, build, make_token_inputs
+from onnxfuse.models._build import (
+    PARTS,
+    TORCH_DTYPES,
+    Exportable,
+    ModelSource,
+    Part,
+    build,
+    make_token_inputs,
+    resolve,
+)
 from onnxfuse.models._checkpoints import PACKAGED, find_packaged_gguf, load_pretrained
 from onnxfuse.models._specs import SPECS, ModelSpec, get_spec, spec_names
 
@@ -12,6 +21,7 @@ __all__ = [
     "SPECS",
     "TORCH_DTYPES",
     "Exportable",
+    "ModelSource",
     "ModelSpec",
     "Part",
     "build",
@@ -19,5 +29,6 @@ __all__ = [
     "get_spec",
     "load_pretrained",
     "make_token_inputs",
+    "resolve",
     "spec_names",
 ]

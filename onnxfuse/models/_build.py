@@ -11,11 +11,16 @@ from typing import Any, Literal
 import torch
 
 from onnxfuse.errors import UserError
-from onnxfuse.models._checkpoints import PACKAGED, find_packaged_gguf, load_pretrained
+from onnxfuse.models._checkpoints import (
+    PACKAGED,
+    check_checkpoint,
+    find_packaged_gguf,
+    load_pretrained,
+)
 from onnxfuse.models._specs import SPECS, ModelSpec, get_spec
 from onnxfuse.numerics import DTYPES, DType
 
-__all__ = ["Exportable", "Part", "build", "load_causal_lm", "make_token_inputs"]
+__all__ = ["Exportable", "ModelSource", "Part", "build", "load_causal_lm", "make_token_inputs", "resolve"]
 
 Part = Literal["full", "mlp"]
 PARTS: tuple[Part, ...] = ("full", "mlp")
@@ -103,20 +108,52 @@ def _from_spec(spec: ModelSpec, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def load_causal_lm(model: str | os.PathLike[str], *, seed: int = 0) -> tuple[str, torch.nn.Module, int, int]:
-    """Resolve ``model`` (spec name, ``smollm2``, folder or ``.gguf``) to
-    ``(display name, float32 causal LM, example batch, example seq)``."""
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, checked to exist (cheap: nothing is loaded yet).
+
+    Attributes:
+        name: display name (spec name, packaged name, or the file/folder name).
+        kind: ``spec``, ``packaged``, ``folder`` or ``gguf``.
+        path: the checkpoint folder or GGUF file (``None`` for specs).
+    """
+
+    name: str
+    kind: Literal["spec", "packaged", "folder", "gguf"]
+    path: Path | None = None
+
+
+def resolve(model: str | os.PathLike[str] | ModelSource) -> ModelSource:
+    """Resolve a model name or path, checking that it exists, before anything is loaded.
+
+    Raises:
+        ModelNotFoundError: unknown name (the message lists the valid ones) or missing path.
+        InvalidModelError: a path that is not a checkpoint folder or GGUF file.
+    """
+    if isinstance(model, ModelSource):
+        return model
     text = os.fspath(model)
     if text in SPECS:
-        spec = get_spec(text)
-        return spec.name, _from_spec(spec, seed), spec.batch, spec.seq
+        return ModelSource(text, "spec")
     if text in PACKAGED:
-        return text, load_pretrained(find_packaged_gguf(text)), _CHECKPOINT_BATCH, _CHECKPOINT_SEQ
+        return ModelSource(text, "packaged", find_packaged_gguf(text))
     path = Path(text).expanduser()
-    if path.suffix.lower() == ".gguf" or path.is_dir() or os.sep in text or path.exists():
-        return path.name or text, load_pretrained(path), _CHECKPOINT_BATCH, _CHECKPOINT_SEQ
-    get_spec(text)  # raises ModelNotFoundError listing the valid names
-    raise AssertionError("unreachable")
+    looks_like_path = path.suffix.lower() == ".gguf" or os.sep in text or path.exists()
+    if not looks_like_path:
+        get_spec(text)  # raises ModelNotFoundError listing the valid names
+    check_checkpoint(path)
+    kind: Literal["folder", "gguf"] = "gguf" if path.suffix.lower() == ".gguf" else "folder"
+    return ModelSource(path.name or text, kind, path)
+
+
+def load_causal_lm(model: str | os.PathLike[str] | ModelSource, *, seed: int = 0) -> tuple[ModelSource, torch.nn.Module, int, int]:
+    """Load ``model`` as a float32 causal LM: ``(source, model, example batch, example seq)``."""
+    source = resolve(model)
+    if source.kind == "spec":
+        spec = get_spec(source.name)
+        return source, _from_spec(spec, seed), spec.batch, spec.seq
+    assert source.path is not None
+    return source, load_pretrained(source.path), _CHECKPOINT_BATCH, _CHECKPOINT_SEQ
 
 
 def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -131,7 +168,7 @@ def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def build(
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | ModelSource,
     *,
     part: Part = "full",
     dtype: DType = "float32",
@@ -160,7 +197,8 @@ def build(
         raise UserError(f"unknown part {part!r}: choose one of {', '.join(PARTS)}")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    name, lm, default_batch, default_seq = load_causal_lm(model, seed=seed)
+    source, lm, default_batch, default_seq = load_causal_lm(model, seed=seed)
+    name = source.name
     lm = lm.to(TORCH_DTYPES[dtype])
     vocab = int(lm.config.vocab_size)
     full = CausalLMWrapper(lm).eval()

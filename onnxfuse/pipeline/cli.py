@@ -129,10 +129,11 @@ def _parser() -> argparse.ArgumentParser:
         "Export Llama-family models to ONNX, fuse their gated MLPs into one node, and prove "
         "that nothing changed numerically."))
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("export", formatter_class=_Help,
+    p = sub.add_parser("export", formatter_class=_Help, parents=[common],
                        help="export a model to ONNX and verify it against torch",
                        description=(
         "Export a model with torch.onnx.export (dynamic batch and sequence axes, weights in "
@@ -164,11 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(run=_run_export)
 
-    p = sub.add_parser("models", formatter_class=_Help, help="list the model names",
+    p = sub.add_parser("models", formatter_class=_Help, parents=[common], help="list the model names",
                        description="List the models that --model accepts by name.")
     p.set_defaults(run=_run_models)
 
-    p = sub.add_parser("demo", formatter_class=_Help,
+    p = sub.add_parser("demo", formatter_class=_Help, parents=[common],
                        help="run the main job end to end and write a report",
                        description="Build, export and verify a model and its isolated MLP.")
     p.add_argument("--model", default="seed", help="model name, folder or .gguf file")

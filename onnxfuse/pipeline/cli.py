@@ -55,16 +55,20 @@ class _Progress(logging.Handler):
 
 
 def _quiet_third_parties() -> None:
-    # torch.onnx logs a warning per optional torchvision op and transformers/torch emit
-    # deprecation warnings on every export: none of them is actionable for our users.
+    """Silence what is not actionable for our users: torch.onnx's warning per missing
+    torchvision op, deprecation warnings on every export, per-tensor progress bars."""
+    # Read by these libraries once, at import: set them before anything imports them.
+    os.environ.setdefault("TQDM_DISABLE", "1")  # e.g. the GGUF loader's per-tensor bar
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub is ever reachable or wanted
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore")
     import torch._logging
+    import transformers
 
     torch._logging.set_logs(onnx=logging.ERROR, export=logging.ERROR, dynamo=logging.ERROR)
-    for name in ("transformers", "onnxscript", "onnx_ir"):
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _fmt_checks(checks: Sequence[object]) -> list[str]:

@@ -116,6 +116,13 @@ def _from_spec(spec: ModelSpec, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        # transformers initialises biases to zero: identical zero tensors would let the
+        # exporters merge them (one initializer for gate and up bias) and would hide a bias
+        # that a fusion drops. Give them seeded random values too.
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(".bias") and not param.any():
+                    param.normal_(0.0, 0.02)
     return model.eval()
 
 

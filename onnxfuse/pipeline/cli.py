@@ -102,6 +102,25 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_rewrite(args: argparse.Namespace) -> int:
+    from onnxfuse.graph_rewrites import RewriteConfig, rewrite
+
+    result = rewrite(RewriteConfig(
+        input=Path(args.input), output=Path(args.output),
+        report=Path(args.json) if args.json else None, unfuse=args.unfuse, force=args.force,
+    ))
+    if args.unfuse:
+        print(f"inlined {result.unfused} fused node(s) back into standard ops -> {result.output}")
+        return 0
+    print(f"fused {len(result.fused)} gated MLP(s) in {result.seconds:.2f}s -> {result.output}")
+    for n in result.fused:
+        print(f"  {n.name:<18s} {n.activation:<9s} d={n.d} d_ff={n.d_ff}"
+              f"{' +bias' if n.biased else ''}  rule {n.rule}, replaced {len(n.replaced)} nodes")
+    for miss in result.skipped:
+        print(f"  skipped at {miss.down}: {miss.reason}")
+    return 0
+
+
 def _run_models(args: argparse.Namespace) -> int:
     from onnxfuse.models import PACKAGED, SPECS
 
@@ -168,6 +187,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the ONNX Runtime vs torch check (onnx.checker still runs)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(run=_run_export)
+
+    p = sub.add_parser("rewrite", formatter_class=_Help, parents=[common],
+                       help="fuse every gated MLP into one onnxfuse::FusedGatedMLP node",
+                       description=(
+        "Fuse every safe gated MLP (down(act(gate(x)) * up(x)), any operand order, silu / "
+        "gelu / gelu_tanh in their exported forms, optional biases) into one "
+        "onnxfuse::FusedGatedMLP node that carries a model-local function with the original "
+        "nodes, so the model still runs without the plugin. Near misses are reported with "
+        "their reason. Weights go to OUT.onnx.data."))
+    p.add_argument("input", metavar="IN.onnx", help="the model to rewrite (never modified)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output model path")
+    p.add_argument("--json", metavar="REPORT.json", default=None,
+                   help="write the report (fused nodes, skipped near misses) as JSON")
+    p.add_argument("--unfuse", action="store_true",
+                   help="inline fused nodes back into standard ops instead of fusing")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.set_defaults(run=_run_rewrite)
 
     p = sub.add_parser("models", formatter_class=_Help, parents=[common], help="list the model names",
                        description="List the models that --model accepts by name.")

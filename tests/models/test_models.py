@@ -101,3 +101,9 @@ def test_checkpoint_folder_loads_the_same_model(tmp_path) -> None:
     inputs = spec_model.example_inputs()
     with torch.no_grad():
         assert torch.equal(folder.module(*inputs)[0], spec_model.module(*inputs)[0])
+
+
+def test_biases_are_random_not_zero() -> None:
+    mlp = build("tiny-bias").module.model.model.layers[0].mlp
+    gate, up = mlp.gate_proj.bias, mlp.up_proj.bias
+    assert gate.abs().min() > 0 and not torch.equal(gate, up)

@@ -1,0 +1,184 @@
+"""The rewrite pass: fuse every safe gated MLP, report near misses, write the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnxfuse import opset
+from onnxfuse.errors import InvalidModelError, RewriteError, UserError
+from onnxfuse.fileio import check_output, staged_outputs
+from onnxfuse.graph_rewrites import _rules, _safety, _scan
+
+__all__ = ["FusedNode", "RewriteConfig", "RewriteResult", "fuse_model", "rewrite", "unfuse_model"]
+
+log = logging.getLogger(__name__)
+
+_RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
+_META_PREFIX = "onnxfuse."
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedNode:
+    """One ``FusedGatedMLP`` node the pass created."""
+
+    name: str
+    rule: str
+    activation: str
+    d: int
+    d_ff: int
+    biased: bool
+    replaced: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "replaced": list(self.replaced)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RewriteConfig:
+    """Rewrite ``input`` into ``output``; ``unfuse`` inlines fused nodes back instead."""
+
+    input: Path
+    output: Path
+    report: Path | None = None
+    unfuse: bool = False
+    force: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RewriteResult:
+    input: Path
+    output: Path
+    fused: tuple[FusedNode, ...]
+    skipped: tuple[_scan.NearMiss, ...]
+    unfused: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "input": str(self.input), "output": str(self.output), "fused": len(self.fused),
+            "nodes": [n.as_dict() for n in self.fused],
+            "skipped": [s.as_dict() for s in self.skipped], "unfused": self.unfused,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _annotate(model: ir.Model, node: ir.Node, index: int) -> FusedNode:
+    """Name, document and annotate a fresh fused node; return its report entry."""
+    function = model.functions[(node.domain, node.op_type, node.overload)]
+    replaced = tuple(n.name or n.op_type for n in function if n.op_type != "Constant")
+    rule = node.metadata_props.pop(_RULE_TAG, "FusedGatedMLP")
+    shape = _safety.constant_shape(node.inputs[1])  # type: ignore[arg-type]
+    d, d_ff = shape if shape is not None else (0, 0)
+    activation = node.attributes["activation"].as_string()
+    biased = len(node.inputs) > opset.REQUIRED_INPUTS
+    # The down projection's output name is kept by the rewriter; derive a stable node name.
+    node.name = f"FusedGatedMLP_{index}"
+    node.doc_string = (f"onnxfuse: gated MLP fused by {rule}: {activation}(X @ W_gate"
+                       f"{' + B_gate' if biased else ''}) * (X @ W_up{' + B_up' if biased else ''})"
+                       f" @ W_down{' + B_down' if biased else ''}; d={d}, d_ff={d_ff}; "
+                       f"the function {opset.DOMAIN}::{opset.OP_TYPE} (overload "
+                       f"{node.overload!r}) holds the original nodes")
+    node.metadata_props.update({
+        f"{_META_PREFIX}rule": rule, f"{_META_PREFIX}replaced": ",".join(replaced),
+        f"{_META_PREFIX}d": str(d), f"{_META_PREFIX}d_ff": str(d_ff),
+    })
+    x, y = node.inputs[0], node.outputs[0]
+    if x is not None:
+        y.dtype = y.dtype or x.dtype or (node.inputs[1].dtype if node.inputs[1] else None)
+        if y.shape is None and x.shape is not None:
+            y.shape = x.shape
+    return FusedNode(node.name, rule, activation, int(d), int(d_ff), biased, replaced)
+
+
+def _strip_function_value_info(model: ir.Model) -> None:
+    """Drop type annotations inside our function bodies: onnx_ir writes them as the
+    function's value_info but does not read them back, so keeping them would make a
+    rewrite of a rewritten model differ by bytes. Types inside are inferred from the call."""
+    for function in model.functions.values():
+        if function.domain != opset.DOMAIN:
+            continue
+        for value in [*function.inputs, *(o for n in function for o in n.outputs)]:
+            value.type, value.shape = None, None
+
+
+def _is_fused(node: ir.Node) -> bool:
+    return node.domain == opset.DOMAIN and node.op_type == opset.OP_TYPE
+
+
+def fuse_model(model: ir.Model) -> tuple[list[FusedNode], list[_scan.NearMiss]]:
+    """Fuse in place; return the new fused nodes and the unfused near misses."""
+    before = {id(n) for n in model.graph if _is_fused(n)}
+    count = _rules.all_rules().apply_to_model(model)
+    fused = []
+    if count:
+        model.opset_imports[opset.DOMAIN] = opset.VERSION
+        existing = sum(1 for n in model.graph if _is_fused(n) and id(n) in before)
+        for node in model.graph:
+            if _is_fused(node) and id(node) not in before:
+                fused.append(_annotate(model, node, existing + len(fused)))
+        common_passes.RemoveUnusedNodesPass()(model)
+    _strip_function_value_info(model)
+    return fused, _scan.scan(model.graph)
+
+
+def unfuse_model(model: ir.Model) -> int:
+    """Inline every ``FusedGatedMLP`` node's function back into standard ops; return how many."""
+    count = sum(1 for n in model.graph if _is_fused(n))
+    if count:
+        common_passes.InlinePass()(model)
+        model.opset_imports.pop(opset.DOMAIN, None)
+        common_passes.RemoveUnusedNodesPass()(model)
+    return count
+
+
+def _load(path: Path) -> ir.Model:
+    if not path.is_file():
+        raise UserError(f"model {path} does not exist")
+    try:
+        return ir.load(path)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InvalidModelError(f"cannot read {path} as an ONNX model: {first}") from None
+
+
+def rewrite(config: RewriteConfig) -> RewriteResult:
+    """Fuse (or, with ``unfuse``, inline back) the gated MLPs of a model file.
+
+    Raises:
+        UserError: missing or unreadable input, or an output that cannot be written.
+        RewriteError: the rewritten model could not be saved.
+    """
+    start = time.perf_counter()
+    src = Path(config.input).expanduser().absolute()
+    out = check_output(config.output, force=config.force, inputs=[src])
+    report = check_output(config.report, force=True, inputs=[src, out]) if config.report else None
+    model = _load(src)
+    fused: list[FusedNode] = []
+    skipped: list[_scan.NearMiss] = []
+    unfused = 0
+    if config.unfuse:
+        unfused = unfuse_model(model)
+        log.info("inlined %d fused node(s)", unfused)
+    else:
+        fused, skipped = fuse_model(model)
+        log.info("fused %d gated MLP(s); %d near miss(es) left unfused", len(fused), len(skipped))
+    with staged_outputs(out) as stage:
+        try:
+            ir.save(model, stage / out.name, external_data=out.name + ".data")
+        except Exception as e:
+            raise RewriteError(f"cannot save the rewritten model: {e}") from e
+    result = RewriteResult(src, out, tuple(fused), tuple(skipped), unfused,
+                           time.perf_counter() - start)
+    if report is not None:
+        with staged_outputs(report) as stage:
+            (stage / report.name).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    return result
+
+

@@ -1,0 +1,122 @@
+"""Fusion rules: every form of ``down(act(gate(x)) * up(x))`` → ``onnxfuse::FusedGatedMLP``.
+
+One class, parametrised by the activation's form and which biases are present; the
+rewriter's ``commute()`` covers every operand order of the Muls and Adds. ``check`` calls
+:func:`onnxfuse.graph_rewrites._safety.check_candidate`, the one place that decides what is
+safe to fuse, shared with the near-miss report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from onnxfuse import opset
+from onnxfuse.graph_rewrites import _safety
+
+__all__ = ["ACTIVATION_FORMS", "GatedMLPFusion", "all_rules"]
+
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _silu_mul(op: Any, g: Any) -> Any:
+    return op.Mul(g, op.Sigmoid(g))
+
+
+def _swish(op: Any, g: Any) -> Any:
+    return op.Swish(g, alpha=1.0)
+
+
+def _quick_gelu(op: Any, g: Any) -> Any:
+    return op.QuickGelu(g, alpha=1.0, _domain="com.microsoft")
+
+
+def _gelu_op(op: Any, g: Any) -> Any:
+    return op.Gelu(g, approximate="none")
+
+
+def _gelu_op_default(op: Any, g: Any) -> Any:
+    # No attribute: approximate defaults to "none". Refuse any other attribute, or this
+    # would also match Gelu(approximate="tanh").
+    return op.Gelu(g, _allow_other_attributes=False)
+
+
+def _gelu_tanh_op(op: Any, g: Any) -> Any:
+    return op.Gelu(g, approximate="tanh")
+
+
+def _gelu_erf(op: Any, g: Any) -> Any:
+    # 0.5 * g * (1 + erf(g / sqrt(2))), as torch's decomposition and the TorchScript
+    # exporter write it below opset 20.
+    return op.Mul(op.Mul(g, op.Add(op.Erf(op.Div(g, _SQRT_2)), 1.0)), 0.5)
+
+
+def _gelu_tanh(op: Any, g: Any) -> Any:
+    # 0.5 * g * (1 + tanh(sqrt(2/pi) * (g + 0.044715 * g^3)))
+    inner = op.Mul(_SQRT_2_OVER_PI, op.Add(g, op.Mul(0.044715, op.Pow(g, 3.0))))
+    return op.Mul(op.Mul(0.5, g), op.Add(op.Tanh(inner), 1.0))
+
+
+# form name -> (pattern builder, activation attribute of the fused op)
+ACTIVATION_FORMS: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
+    "silu": (_silu_mul, "silu"),
+    "swish": (_swish, "silu"),
+    "quick_gelu": (_quick_gelu, "silu"),
+    "gelu": (_gelu_op, "gelu"),
+    "gelu_default": (_gelu_op_default, "gelu"),
+    "gelu_tanh": (_gelu_tanh_op, "gelu_tanh"),
+    "gelu_erf_decomposed": (_gelu_erf, "gelu"),
+    "gelu_tanh_decomposed": (_gelu_tanh, "gelu_tanh"),
+}
+
+
+class GatedMLPFusion(pattern.RewriteRuleClassBase):
+    """``MatMul(act(MatMul(x, Wg) [+ Bg]) * (MatMul(x, Wu) [+ Bu]), Wd) [+ Bd]`` → one node.
+
+    Weights may be initializers, Constant outputs or ``Transpose(perm=[1, 0])`` of either;
+    the fused node reads the same values, so no weight is copied.
+    """
+
+    def __init__(self, form: str, *, biased: bool) -> None:
+        self.form = form
+        self.biased = biased
+        self._act, self.activation = ACTIVATION_FORMS[form]
+        super().__init__(f"FusedGatedMLP[{form}{',bias' if biased else ''}]", as_function=True)
+
+    def pattern(self, op: Any, x: Any, w_gate: Any, w_up: Any, w_down: Any, b_gate: Any,
+                b_up: Any, b_down: Any) -> Any:
+        gate = op.MatMul(x, w_gate)
+        up = op.MatMul(x, w_up)
+        if self.biased:
+            gate, up = op.Add(gate, b_gate), op.Add(up, b_up)
+        down = op.MatMul(op.Mul(self._act(op, gate), up), w_down)
+        return op.Add(down, b_down) if self.biased else down
+
+    def check(self, context: Any, x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Value,
+              b_gate: ir.Value | None = None, b_up: ir.Value | None = None,
+              b_down: ir.Value | None = None, **_: Any) -> Any:
+        result = pattern.MatchResult()
+        reason = _safety.check_candidate(
+            x, w_gate, w_up, w_down, (b_gate, b_up, b_down) if self.biased else None,
+        )
+        return result.fail(reason.text, reason.sources[0] if reason.sources else None) if reason else result
+
+    def rewrite(self, op: Any, x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Value,
+                b_gate: ir.Value | None = None, b_up: ir.Value | None = None,
+                b_down: ir.Value | None = None, **_: Any) -> Any:
+        inputs = [x, w_gate, w_up, w_down]
+        if self.biased:
+            inputs += [b_gate, b_up, b_down]
+        return op.FusedGatedMLP(*inputs, activation=self.activation, _domain=opset.DOMAIN,
+                                _version=opset.VERSION)
+
+
+def all_rules() -> pattern.RewriteRuleSet:
+    """Every form, biased and not, with every operand order (commuted)."""
+    rules = [GatedMLPFusion.rule(form, biased=b) for form in ACTIVATION_FORMS for b in (False, True)]
+    return pattern.RewriteRuleSet(rules, commute=True)

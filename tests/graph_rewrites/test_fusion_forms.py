@@ -1,0 +1,183 @@
+"""Every form that must fuse, and at least twelve near misses that must not (with reasons)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnxfuse.graph_rewrites import fuse_model, unfuse_model
+from onnxfuse.numerics import compare
+from tests.graph_rewrites.graphs import D_FF, Builder, D, feeds, gated_mlp
+
+
+def _run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, inputs)
+
+
+def _fuse(proto: onnx.ModelProto):  # type: ignore[no-untyped-def]
+    model = ir.from_proto(proto)
+    fused, skipped = fuse_model(model)
+    return ir.to_proto(model), fused, skipped
+
+
+def _assert_same_numbers(original: onnx.ModelProto, fused: onnx.ModelProto, limit: float = 1e-6) -> None:
+    inputs = feeds(original)
+    for name, a, e in zip([o.name for o in original.graph.output], _run(fused, inputs),
+                          _run(original, inputs), strict=True):
+        c = compare(name, a, e, limit=limit)
+        assert c.passed, c.detail
+
+
+FUSING = [
+    dict(form="silu"),
+    dict(form="silu_rev"),
+    dict(form="silu", product_order="up_first"),
+    dict(form="silu_rev", product_order="up_first"),
+    dict(form="silu", biased=True),
+    dict(form="silu", product_order="up_first", biased=True),
+    dict(form="silu", weights="constant"),
+    dict(form="silu", weights="transpose"),
+    dict(form="swish", opset=24),
+    dict(form="quick_gelu"),
+    dict(form="gelu"),
+    dict(form="gelu_tanh"),
+    dict(form="gelu_erf_dec", opset=18),
+    dict(form="gelu_tanh_dec", opset=18),
+    dict(form="gelu", biased=True, product_order="up_first"),
+    dict(form="silu", layers=3),
+    dict(form="silu", dtype=TensorProto.FLOAT16),
+]
+ACTIVATION = {"silu": "silu", "silu_rev": "silu", "swish": "silu", "quick_gelu": "silu",
+              "gelu": "gelu", "gelu_erf_dec": "gelu", "gelu_tanh": "gelu_tanh",
+              "gelu_tanh_dec": "gelu_tanh"}
+
+
+@pytest.mark.parametrize("kw", FUSING, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_form_fuses_and_keeps_the_numbers(kw: dict[str, object]) -> None:
+    original = gated_mlp(**kw)  # type: ignore[arg-type]
+    fused, nodes, skipped = _fuse(original)
+    layers = int(kw.get("layers", 1))  # type: ignore[call-overload]
+    assert len(nodes) == layers and skipped == []
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("FusedGatedMLP") == layers
+    # Only residual Adds (and the Constants or Transposes of weights) remain beside the fused nodes.
+    assert set(ops) <= {"FusedGatedMLP", "Add", "Transpose", "Constant"}
+    for node in nodes:
+        assert node.activation == ACTIVATION[str(kw["form"])]
+        assert (node.d, node.d_ff, node.biased) == (D, D_FF, bool(kw.get("biased")))
+    onnx.checker.check_model(fused, full_check=True)
+    onnx.shape_inference.infer_shapes(fused, strict_mode=True)
+    limit = 1e-6 if kw.get("dtype", TensorProto.FLOAT) == TensorProto.FLOAT else 1e-3
+    _assert_same_numbers(original, fused, limit)
+
+
+def test_fused_node_carries_doc_metadata_function_and_opset() -> None:
+    fused, (node,), _ = _fuse(gated_mlp(form="silu", biased=True))
+    (proto,) = [n for n in fused.graph.node if n.op_type == "FusedGatedMLP"]
+    assert proto.domain == "onnxfuse" and "gated MLP" in proto.doc_string
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["onnxfuse.rule"] == node.rule and meta["onnxfuse.d"] == str(D)
+    assert meta["onnxfuse.d_ff"] == str(D_FF) and len(meta["onnxfuse.replaced"].split(",")) == 9
+    assert [f.name for f in fused.functions] == ["FusedGatedMLP"]
+    assert {o.domain: o.version for o in fused.opset_import}["onnxfuse"] == 1
+    # Dead initializers are gone: every initializer is read by some node.
+    used = {i for n in fused.graph.node for i in n.input}
+    assert all(t.name in used for t in fused.graph.initializer)
+    # The fused output keeps its shape annotation (Netron shows it).
+    assert any(v.name == proto.output[0] for v in [*fused.graph.value_info, *fused.graph.output])
+
+
+def test_unfuse_restores_the_original_numbers_exactly() -> None:
+    original = gated_mlp(form="gelu_tanh_dec", opset=18, biased=True, layers=2)
+    model = ir.from_proto(original)
+    fuse_model(model)
+    assert unfuse_model(model) == 2
+    restored = ir.to_proto(model)
+    assert "FusedGatedMLP" not in {n.op_type for n in restored.graph.node}
+    inputs = feeds(original)
+    for a, e in zip(_run(restored, inputs), _run(original, inputs), strict=True):
+        assert np.array_equal(a, e)
+
+
+def test_fusing_twice_finds_nothing_new() -> None:
+    model = ir.from_proto(gated_mlp(layers=2))
+    assert len(fuse_model(model)[0]) == 2
+    assert fuse_model(model) == ([], [])
+
+
+# ----------------------------------------------------------------------------- near misses
+
+def _extra_consumer(value: str):  # type: ignore[no-untyped-def]
+    def mutate(b: Builder, v: dict[str, str]) -> list[onnx.ValueInfoProto]:
+        out = b.op("Neg", [v[value]])
+        return [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)]
+    return mutate
+
+
+def _graph_output(value: str):  # type: ignore[no-untyped-def]
+    def mutate(b: Builder, v: dict[str, str]) -> list[onnx.ValueInfoProto]:
+        return [helper.make_tensor_value_info(v[value], TensorProto.FLOAT, None)]
+    return mutate
+
+
+def _sigmoid_consumer(b: Builder, v: dict[str, str]) -> list[onnx.ValueInfoProto]:
+    sig = next(n.output[0] for n in b.nodes if n.op_type == "Sigmoid")
+    out = b.op("Neg", [sig])
+    return [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)]
+
+
+NEAR_MISSES = {
+    "gate has another consumer": (dict(mutate=_extra_consumer("gate")), "another consumer"),
+    "up has another consumer": (dict(mutate=_extra_consumer("up")), "another consumer"),
+    "sigmoid has another consumer": (dict(mutate=_sigmoid_consumer), "another consumer"),
+    "product is a graph output": (dict(mutate=_graph_output("prod")), "graph output"),
+    "activation is a graph output": (dict(mutate=_graph_output("act")), "graph output"),
+    "weights are graph inputs": (dict(weights="input"), "not a constant weight"),
+    "down projection changes the width": (dict(w_down_shape=(D_FF, D + 3)), "weight shapes disagree"),
+    "gate weight is 3-D": (dict(w_gate_shape=(1, D, D_FF)), "not 2-D"),
+    "Tanh gate": (dict(form="tanh"), "not one of silu, gelu, gelu_tanh"),
+    "plain sigmoid gate (GLU)": (dict(form="sigmoid_only"), "not one of silu, gelu, gelu_tanh"),
+    "Swish with alpha 2": (dict(form="swish_alpha2", opset=24), "not one of"),
+    "QuickGelu with alpha 1.702": (dict(form="quick_gelu_1702"), "not one of"),
+    "Relu gate": (dict(form="relu"), "not one of"),
+    "broadcast product": (dict(w_up_shape=(D, 1)), "broadcasts"),
+    "2-D bias": (dict(biased=True, bias_shape=(1, D_FF)), "has shape"),
+}
+
+
+@pytest.mark.parametrize("case", NEAR_MISSES)
+def test_near_miss_stays_unfused_with_its_reason(case: str) -> None:
+    kw, reason = NEAR_MISSES[case]
+    original = gated_mlp(**kw)  # type: ignore[arg-type]
+    fused, nodes, skipped = _fuse(original)
+    assert nodes == []
+    assert "FusedGatedMLP" not in {n.op_type for n in fused.graph.node}
+    assert len(skipped) == 1, skipped
+    assert reason in skipped[0].reason, skipped[0].reason
+    assert skipped[0].nodes and skipped[0].down
+    # Nothing outside a match changes: the graph is the original, node for node.
+    assert [n.name for n in fused.graph.node] == [n.name for n in original.graph.node]
+    _assert_same_numbers(original, fused, 0.0)
+
+
+def test_gate_and_up_reading_different_inputs_is_a_near_miss() -> None:
+    b = Builder()
+    x2 = "x2"
+    gate = b.op("MatMul", ["x", b.weight((D, D_FF))])
+    up = b.op("MatMul", [x2, b.weight((D, D_FF))])
+    prod = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate])]), up])
+    down = b.op("MatMul", [prod, b.weight((D_FF, D))])
+    graph = helper.make_graph(b.nodes, "g", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, D]),
+        helper.make_tensor_value_info(x2, TensorProto.FLOAT, [2, D])],
+        [helper.make_tensor_value_info(down, TensorProto.FLOAT, [2, D])], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    _, nodes, skipped = _fuse(onnx.shape_inference.infer_shapes(model))
+    assert nodes == [] and len(skipped) == 1 and "different inputs" in skipped[0].reason

@@ -1,0 +1,136 @@
+"""Fusion on real exports: exact counts, plugin-free parity, idempotence, unfuse, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxfuse.exporters import ExportConfig, export
+from onnxfuse.graph_rewrites import RewriteConfig, rewrite
+from onnxfuse.models import build
+from onnxfuse.numerics import compare
+from tests.conftest import run_cli
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _feeds(model: str, part: str, dtype: str, batch: int = 2, seq: int = 9) -> dict[str, np.ndarray]:
+    ex = build(model, part=part, dtype=dtype)  # type: ignore[arg-type]
+    return {n: t.numpy() for n, t in zip(ex.input_names, ex.make_inputs(batch, seq), strict=True)}
+
+
+def _export(tmp_path: Path, model: str, part: str = "full", exporter: str = "dynamo",
+            dtype: str = "float32") -> Path:
+    out = tmp_path / f"{model}-{part}-{exporter}-{dtype}.onnx"
+    export(ExportConfig(model, out, part=part, exporter=exporter, dtype=dtype,  # type: ignore[arg-type]
+                        verify=dtype != "bfloat16"))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize("model", ["tiny", "tiny-mistral", "tiny-qwen2"])
+def test_one_fusion_per_layer(tmp_path: Path, model: str, exporter: str, dtype: str) -> None:
+    src = _export(tmp_path, model, exporter=exporter, dtype=dtype)
+    result = rewrite(RewriteConfig(src, tmp_path / "fused.onnx"))
+    assert len(result.fused) == 2 and result.skipped == ()
+    fused = onnx.load(str(tmp_path / "fused.onnx"))
+    assert [n.op_type for n in fused.graph.node].count("FusedGatedMLP") == 2
+    assert not {"Sigmoid"} & {n.op_type for n in fused.graph.node}
+    onnx.checker.check_model(str(tmp_path / "fused.onnx"), full_check=True)
+    onnx.shape_inference.infer_shapes(fused, strict_mode=True)
+    if dtype == "float32":
+        feeds = _feeds(model, "full", dtype)
+        (got,) = _session(tmp_path / "fused.onnx").run(None, feeds)
+        (want,) = _session(src).run(None, feeds)
+        c = compare("logits", got, want, limit=1e-6)
+        assert c.passed, c.detail
+
+
+@pytest.mark.parametrize("model,activation", [
+    ("tiny", "silu"), ("tiny-bias", "silu"), ("tiny-gelu", "gelu"), ("tiny-gemma", "gelu_tanh"),
+    ("tiny-mistral", "silu"), ("tiny-qwen2", "silu")])
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_isolated_mlps_fuse_once(tmp_path: Path, model: str, activation: str, exporter: str) -> None:
+    src = _export(tmp_path, model, part="mlp", exporter=exporter)
+    result = rewrite(RewriteConfig(src, tmp_path / "fused.onnx"))
+    assert [n.activation for n in result.fused] == [activation]
+    assert result.fused[0].biased == (model == "tiny-bias")
+    feeds = _feeds(model, "mlp", "float32")
+    (got,) = _session(tmp_path / "fused.onnx").run(None, feeds)
+    (want,) = _session(src).run(None, feeds)
+    assert compare("output", got, want, limit=1e-6).passed
+
+
+def test_packed_gate_up_is_reported_not_fused(tmp_path: Path) -> None:
+    src = _export(tmp_path, "tiny-phi3")
+    result = rewrite(RewriteConfig(src, tmp_path / "fused.onnx"))
+    assert result.fused == () and len(result.skipped) == 2
+    assert all("packed gate/up" in s.reason for s in result.skipped)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pair")
+    src = _export(folder, "tiny", dtype="float32")
+    out = folder / "out" / "fused.onnx"
+    out.parent.mkdir()
+    rewrite(RewriteConfig(src, out))
+    return src, out
+
+
+def test_rewriting_a_fused_model_is_a_byte_identical_no_op(tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    _, fused = tiny_pair
+    again = tmp_path / "fused.onnx"  # same file name: the .onnx names its data file
+    result = rewrite(RewriteConfig(fused, again))
+    assert result.fused == () and result.skipped == ()
+    assert again.read_bytes() == fused.read_bytes()
+    assert Path(f"{again}.data").read_bytes() == Path(f"{fused}.data").read_bytes()
+
+
+def test_nodes_outside_matches_are_unchanged(tiny_pair: tuple[Path, Path]) -> None:
+    src, fused = tiny_pair
+    original = onnx.load(str(src), load_external_data=False)
+    new = onnx.load(str(fused), load_external_data=False)
+    replaced = {r for n in new.graph.node if n.op_type == "FusedGatedMLP"
+                for p in n.metadata_props if p.key == "onnxfuse.replaced" for r in p.value.split(",")}
+    kept = [n for n in original.graph.node if n.name not in replaced]
+    assert [n for n in new.graph.node if n.op_type != "FusedGatedMLP"] == kept
+
+
+def test_unfuse_gives_the_original_numbers(tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    src, fused = tiny_pair
+    back = tmp_path / "back.onnx"
+    assert rewrite(RewriteConfig(fused, back, unfuse=True)).unfused == 2
+    assert "FusedGatedMLP" not in {n.op_type for n in onnx.load(str(back)).graph.node}
+    feeds = _feeds("tiny", "full", "float32")
+    assert np.array_equal(_session(back).run(None, feeds)[0], _session(src).run(None, feeds)[0])
+
+
+def test_cli_rewrite_report_and_errors(tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    src, _ = tiny_pair
+    before = src.read_bytes()
+    proc = run_cli(["rewrite", str(src), "-o", "f.onnx", "--json", "r.json"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["fused"] == 2 and len(report["nodes"]) == 2 and report["skipped"] == []
+    assert {"name", "rule", "activation", "d", "d_ff", "replaced"} <= set(report["nodes"][0])
+    assert src.read_bytes() == before
+    for args, needle in [
+        ([str(tmp_path / "missing.onnx"), "-o", "x.onnx"], "does not exist"),
+        ([str(src), "-o", str(src)], "also an input"),
+        ([str(tmp_path / "r.json"), "-o", "y.onnx"], "cannot read"),
+        ([str(src), "-o", "f.onnx"], "--force"),
+    ]:
+        bad = run_cli(["rewrite", *args], cwd=tmp_path)
+        assert bad.returncode == 2, bad.stderr
+        assert needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

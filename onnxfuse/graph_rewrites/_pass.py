@@ -20,7 +20,6 @@ __all__ = ["FusedNode", "RewriteConfig", "RewriteResult", "fuse_model", "rewrite
 
 log = logging.getLogger(__name__)
 
-_RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
 _META_PREFIX = "onnxfuse."
 
 
@@ -73,7 +72,7 @@ def _annotate(model: ir.Model, node: ir.Node, index: int) -> FusedNode:
     """Name, document and annotate a fresh fused node; return its report entry."""
     function = model.functions[(node.domain, node.op_type, node.overload)]
     replaced = tuple(n.name or n.op_type for n in function if n.op_type != "Constant")
-    rule = node.metadata_props.pop(_RULE_TAG, "FusedGatedMLP")
+    rule = node.metadata_props.pop(_rules.RULE_TAG, "FusedGatedMLP")
     shape = _safety.constant_shape(node.inputs[1])  # type: ignore[arg-type]
     d, d_ff = shape if shape is not None else (0, 0)
     activation = node.attributes["activation"].as_string()

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from onnxfuse import opset
-from onnxfuse.graph_rewrites import _safety
+from onnxfuse.graph_rewrites import _safety, _scan
 
 __all__ = ["ACTIVATION_FORMS", "GatedMLPFusion", "all_rules"]
 
@@ -62,7 +62,11 @@ def _gelu_tanh(op: Any, g: Any) -> Any:
     return op.Mul(op.Mul(0.5, g), op.Add(op.Tanh(inner), 1.0))
 
 
-# form name -> (pattern builder, activation attribute of the fused op)
+# form name -> (pattern builder, activation attribute of the fused op). The op that marks
+# each form (its "key op") lets the dispatcher try only that form's rules at a candidate.
+_KEY_OPS = {"silu": "Sigmoid", "swish": "Swish", "quick_gelu": "QuickGelu", "gelu": "Gelu",
+            "gelu_default": "Gelu", "gelu_tanh": "Gelu", "gelu_erf_decomposed": "Erf",
+            "gelu_tanh_decomposed": "Tanh"}
 ACTIVATION_FORMS: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
     "silu": (_silu_mul, "silu"),
     "swish": (_swish, "silu"),
@@ -116,7 +120,66 @@ class GatedMLPFusion(pattern.RewriteRuleClassBase):
                                 _version=opset.VERSION)
 
 
+RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
+
+
+def _product_of(node: ir.Node) -> ir.Node | None:
+    """The ``Mul`` whose product ``node`` projects down, if ``node`` can end a gated MLP
+    (``MatMul(Mul(..), W)``, or a bias ``Add`` after one)."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Add":
+        for v in node.inputs:
+            producer = v.producer() if v is not None else None
+            if producer is not None and producer.op_type == "MatMul":
+                return _product_of(producer)
+        return None
+    if node.op_type != "MatMul" or node.inputs[0] is None:
+        return None
+    producer = node.inputs[0].producer()
+    return producer if producer is not None and producer.op_type == "Mul" else None
+
+
+class _Dispatch:
+    """One entry of a rule set that tries, at each node that can end a gated MLP, only the
+    commuted rules of the activation form found there.
+
+    onnxscript tries every rule at every node: with 1,422 commuted variants that took 17 s
+    on the 30-layer SmolLM2 export. A cheap structural test (is this a projection of a
+    product?) and the key op of the activation pick the candidates; the rules themselves
+    still decide every match.
+    """
+
+    remove_nodes = True
+    as_function = True
+    name = ""  # the matching rule's own name is recorded on the new node instead
+    graph_pre_visitor = None
+    graph_post_visitor = None
+
+    def __init__(self, rules: list[Any]) -> None:
+        self.by_key_op: dict[tuple[str, str], list[Any]] = {}
+        for rule in rules:
+            form, _, bias = rule.name[len("FusedGatedMLP["):-1].partition(",")
+            root = "Add" if bias else "MatMul"
+            self.by_key_op.setdefault((root, _KEY_OPS[form]), []).append(rule)
+
+    def try_rewrite(self, model: ir.Model, graph: Any, node: ir.Node, **kwargs: Any) -> Any:
+        product = _product_of(node)
+        if product is None:
+            return None
+        interior, _ = _scan.backward_slice(product.outputs[0])
+        for key_op in dict.fromkeys(n.op_type for n in interior):
+            for rule in self.by_key_op.get((node.op_type, key_op), ()):
+                delta = rule.try_rewrite(model, graph, node, **kwargs)
+                if delta is not None:
+                    for new in delta.new_nodes:
+                        new.metadata_props[RULE_TAG] = rule.name
+                    return delta
+        return None
+
+
 def all_rules() -> pattern.RewriteRuleSet:
     """Every form, biased and not, with every operand order (commuted)."""
     rules = [GatedMLPFusion.rule(form, biased=b) for form in ACTIVATION_FORMS for b in (False, True)]
-    return pattern.RewriteRuleSet(rules, commute=True)
+    commuted = list(pattern.RewriteRuleSet(rules, commute=True))
+    return pattern.RewriteRuleSet([_Dispatch(commuted)])  # type: ignore[list-item]

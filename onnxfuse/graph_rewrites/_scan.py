@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from onnxfuse.graph_rewrites import _safety
 
-__all__ = ["NearMiss", "scan"]
+__all__ = ["NearMiss", "backward_slice", "scan"]
 
 # Ops an activation or a bias may be built of, between a projection and the product.
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sigmoid", "Tanh", "Erf", "Gelu", "Relu",
@@ -34,7 +34,7 @@ class NearMiss:
         return {"down": self.down, "nodes": list(self.nodes), "reason": self.reason}
 
 
-def _backward_slice(value: ir.Value, limit: int = 32) -> tuple[list[ir.Node], list[ir.Node]]:
+def backward_slice(value: ir.Value, limit: int = 32) -> tuple[list[ir.Node], list[ir.Node]]:
     """Nodes between ``value`` and the projections it comes from: ``(interior, roots)``.
 
     Walks producers through element-wise ops; MatMul, Gemm, Split and Slice end the walk
@@ -120,7 +120,7 @@ def scan(graph: ir.Graph) -> list[NearMiss]:
         mul = down.inputs[0].producer()
         if mul is None or mul.op_type != "Mul" or len(mul.inputs) != 2 or None in mul.inputs:
             continue
-        sides, side_roots = zip(*(_backward_slice(v) for v in mul.inputs), strict=True)  # type: ignore[arg-type]
+        sides, side_roots = zip(*(backward_slice(v) for v in mul.inputs), strict=True)  # type: ignore[arg-type]
         if any(len(r) != 1 for r in side_roots):
             continue  # a side that is not one projection (or a constant scale): not an MLP
         roots = [side_roots[0][0], side_roots[1][0]]

@@ -62,13 +62,17 @@ def _quiet_third_parties() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub is ever reachable or wanted
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
+    for name in ("onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _quiet_torch() -> None:
+    """Silence torch.onnx and transformers; only for commands that import them (3 s)."""
     import torch._logging
     import transformers
 
     torch._logging.set_logs(onnx=logging.ERROR, export=logging.ERROR, dynamo=logging.ERROR)
     transformers.utils.logging.disable_progress_bar()
-    for name in ("onnxscript", "onnx_ir"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _fmt_checks(checks: Sequence[object]) -> list[str]:
@@ -81,6 +85,7 @@ def _fmt_checks(checks: Sequence[object]) -> list[str]:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    _quiet_torch()
     from onnxfuse.exporters import ExportConfig, export
 
     result = export(ExportConfig(
@@ -132,6 +137,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    _quiet_torch()
     from onnxfuse.pipeline.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(model=args.model, out=Path(args.out), force=True))
@@ -234,8 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         log.addHandler(_Progress())
         log.setLevel(logging.INFO)
-    if args.command != "models":
-        _quiet_third_parties()
+    _quiet_third_parties()
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

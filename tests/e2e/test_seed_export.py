@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,3 +23,9 @@ def test_seed_export_matches_torch_on_both_shapes(tmp_path: Path, exporter: str,
     # The graph file stays small (Netron opens it at once); the weights are beside it.
     assert (tmp_path / "seed.onnx").stat().st_size < 2_000_000
     assert (tmp_path / "seed.onnx.data").stat().st_size > 100_000_000
+    # Exactly one fusion per decoder layer (seed has one), in each exporter's graph.
+    fused = run_cli(["rewrite", "seed.onnx", "-o", "fused.onnx", "--json", "r.json"], cwd=tmp_path)
+    assert fused.returncode == 0, fused.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["fused"] == 1 and report["skipped"] == []
+    assert (report["nodes"][0]["d"], report["nodes"][0]["d_ff"]) == (1024, 11008)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,13 +12,34 @@ from tests.conftest import run_cli
 
 
 @pytest.mark.smollm2
-def test_smollm2_export_matches_torch(tmp_path: Path) -> None:
+def test_smollm2_export_matches_torch_and_fuses_every_layer(tmp_path: Path) -> None:
     proc = run_cli(["export", "--model", "smollm2", "-o", "smol.onnx"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "Converting" not in proc.stderr  # no per-tensor progress bars
     figures = re.findall(r"batch=(\d+)\s+seq=(\d+)\s+logits\s+rel_l2=(\S+)", proc.stdout)
     assert [(b, s) for b, s, _ in figures] == [("2", "16"), ("1", "37")]
     assert all(float(rel) <= 1e-5 for _, _, rel in figures), proc.stdout
+
+    fused = run_cli(["rewrite", "smol.onnx", "-o", "fused.onnx", "--json", "r.json"], cwd=tmp_path)
+    assert fused.returncode == 0, fused.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["fused"] == 30 and report["skipped"] == []
+    assert {(n["d"], n["d_ff"], n["activation"]) for n in report["nodes"]} == {(576, 1536, "silu")}
+    # The fused model runs in plain ONNX Runtime (function bodies inlined, no plugin).
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxfuse.models import build
+    from onnxfuse.numerics import compare
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ids, mask = build("smollm2").make_inputs(1, 37)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    outs = [ort.InferenceSession(str(tmp_path / f), options, providers=["CPUExecutionProvider"])
+            .run(None, feeds)[0] for f in ("fused.onnx", "smol.onnx")]
+    c = compare("logits", outs[0], outs[1], limit=1e-6)
+    assert c.passed and np.isfinite(outs[0]).all(), c.detail
 
 
 @pytest.mark.smollm2

@@ -68,10 +68,30 @@ class RewriteResult:
         }
 
 
+def _untranspose_function(function: ir.Function) -> None:
+    """In a Gemm fusion's body, read each weight back from the transposed copy the fused
+    node gets (``Transpose(W_T)``) instead of embedding the original as a Constant: the
+    weights are then stored once in the model."""
+    inputs = {v.name: v for v in function.inputs}
+    for node in list(function):
+        if node.op_type != "Constant":
+            continue
+        tensor = node.attributes["value"].as_tensor() if "value" in node.attributes else None
+        source = inputs.get(f"{tensor.name}{_rules.TRANSPOSED_SUFFIX}") if tensor is not None else None
+        if source is None:
+            continue
+        transpose = ir.Node("", "Transpose", [source], [ir.AttrInt64s("perm", [1, 0])],
+                            name=f"{tensor.name}_transpose")  # type: ignore[union-attr]
+        function.insert_before(node, transpose)
+        ir.convenience.replace_all_uses_with(node.outputs[0], transpose.outputs[0])
+        function.remove(node, safe=True)
+
+
 def _annotate(model: ir.Model, node: ir.Node, index: int) -> FusedNode:
     """Name, document and annotate a fresh fused node; return its report entry."""
     function = model.functions[(node.domain, node.op_type, node.overload)]
     replaced = tuple(n.name or n.op_type for n in function if n.op_type != "Constant")
+    _untranspose_function(function)
     rule = node.metadata_props.pop(_rules.RULE_TAG, "FusedGatedMLP")
     shape = _safety.constant_shape(node.inputs[1])  # type: ignore[arg-type]
     d, d_ff = shape if shape is not None else (0, 0)

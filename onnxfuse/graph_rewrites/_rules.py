@@ -79,21 +79,36 @@ ACTIVATION_FORMS: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
 }
 
 
+TRANSPOSED_SUFFIX = "__onnxfuse_T"
+
+
 class GatedMLPFusion(pattern.RewriteRuleClassBase):
     """``MatMul(act(MatMul(x, Wg) [+ Bg]) * (MatMul(x, Wu) [+ Bu]), Wd) [+ Bd]`` → one node.
 
     Weights may be initializers, Constant outputs or ``Transpose(perm=[1, 0])`` of either;
     the fused node reads the same values, so no weight is copied.
+
+    With ``gemm``, the three projections are ``Gemm(x, W, [B], transB=1)`` (exporters emit
+    these for 2-D inputs). The op wants [K, N] weights, so the rewrite stores each weight
+    transposed once, and the function body reads it back through a Transpose (see
+    ``_pass._untranspose_function``), so the weights are still stored once.
     """
 
-    def __init__(self, form: str, *, biased: bool) -> None:
+    def __init__(self, form: str, *, biased: bool, gemm: bool = False) -> None:
         self.form = form
         self.biased = biased
+        self.gemm = gemm
         self._act, self.activation = ACTIVATION_FORMS[form]
-        super().__init__(f"FusedGatedMLP[{form}{',bias' if biased else ''}]", as_function=True)
+        flags = (",bias" if biased else "") + (",gemm" if gemm else "")
+        super().__init__(f"FusedGatedMLP[{form}{flags}]", as_function=True)
 
     def pattern(self, op: Any, x: Any, w_gate: Any, w_up: Any, w_down: Any, b_gate: Any,
                 b_up: Any, b_down: Any) -> Any:
+        if self.gemm:
+            def proj(v: Any, w: Any, b: Any) -> Any:
+                return op.Gemm(v, w, b, transB=1) if self.biased else op.Gemm(v, w, transB=1)
+            product = op.Mul(self._act(op, proj(x, w_gate, b_gate)), proj(x, w_up, b_up))
+            return proj(product, w_down, b_down)
         gate = op.MatMul(x, w_gate)
         up = op.MatMul(x, w_up)
         if self.biased:
@@ -105,8 +120,16 @@ class GatedMLPFusion(pattern.RewriteRuleClassBase):
               b_gate: ir.Value | None = None, b_up: ir.Value | None = None,
               b_down: ir.Value | None = None, **_: Any) -> Any:
         result = pattern.MatchResult()
+        if self.gemm:
+            for node in context.nodes:
+                if node.op_type == "Gemm" and not _safety.gemm_attributes_ok(node):
+                    return result.fail("a Gemm is not alpha=beta=1, transA=0, transB=1", node)
+            for w in (w_gate, w_up, w_down):
+                if w.const_value is None:
+                    return result.fail(f"{w.name} is not an initializer or Constant", w)
         reason = _safety.check_candidate(
             x, w_gate, w_up, w_down, (b_gate, b_up, b_down) if self.biased else None,
+            gemm=self.gemm,
         )
         return result.fail(reason.text, reason.sources[0] if reason.sources else None) if reason else result
 
@@ -114,10 +137,24 @@ class GatedMLPFusion(pattern.RewriteRuleClassBase):
                 b_gate: ir.Value | None = None, b_up: ir.Value | None = None,
                 b_down: ir.Value | None = None, **_: Any) -> Any:
         inputs = [x, w_gate, w_up, w_down]
+        if self.gemm:
+            inputs[1:] = [_transposed(op, w) for w in inputs[1:]]
         if self.biased:
             inputs += [b_gate, b_up, b_down]
         return op.FusedGatedMLP(*inputs, activation=self.activation, _domain=opset.DOMAIN,
                                 _version=opset.VERSION)
+
+
+def _transposed(op: Any, w: ir.Value) -> ir.Value:
+    """A new initializer holding ``w`` transposed (the only copy: the original goes)."""
+    import numpy as np
+
+    tensor = w.const_value
+    if tensor is None:  # a Transpose of a constant: check_candidate accepted it
+        raise ValueError(f"{w.name} has no constant value to transpose")
+    data = np.ascontiguousarray(tensor.numpy().T)
+    return op.initializer(ir.tensor(data, name=f"{w.name}{TRANSPOSED_SUFFIX}"),
+                          name=f"{w.name}{TRANSPOSED_SUFFIX}")
 
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
@@ -134,7 +171,7 @@ def _product_of(node: ir.Node) -> ir.Node | None:
             if producer is not None and producer.op_type == "MatMul":
                 return _product_of(producer)
         return None
-    if node.op_type != "MatMul" or node.inputs[0] is None:
+    if node.op_type not in ("MatMul", "Gemm") or node.inputs[0] is None:
         return None
     producer = node.inputs[0].producer()
     return producer if producer is not None and producer.op_type == "Mul" else None
@@ -159,8 +196,8 @@ class _Dispatch:
     def __init__(self, rules: list[Any]) -> None:
         self.by_key_op: dict[tuple[str, str], list[Any]] = {}
         for rule in rules:
-            form, _, bias = rule.name[len("FusedGatedMLP["):-1].partition(",")
-            root = "Add" if bias else "MatMul"
+            form, *flags = rule.name[len("FusedGatedMLP["):-1].split(",")
+            root = "Gemm" if "gemm" in flags else "Add" if "bias" in flags else "MatMul"
             self.by_key_op.setdefault((root, _KEY_OPS[form]), []).append(rule)
 
     def try_rewrite(self, model: ir.Model, graph: Any, node: ir.Node, **kwargs: Any) -> Any:
@@ -180,6 +217,7 @@ class _Dispatch:
 
 def all_rules() -> pattern.RewriteRuleSet:
     """Every form, biased and not, with every operand order (commuted)."""
-    rules = [GatedMLPFusion.rule(form, biased=b) for form in ACTIVATION_FORMS for b in (False, True)]
+    rules = [GatedMLPFusion.rule(form, biased=b, gemm=g)
+             for form in ACTIVATION_FORMS for b in (False, True) for g in (False, True)]
     commuted = list(pattern.RewriteRuleSet(rules, commute=True))
     return pattern.RewriteRuleSet([_Dispatch(commuted)])  # type: ignore[list-item]

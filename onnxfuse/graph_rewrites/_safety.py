@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-__all__ = ["Reason", "check_candidate", "constant_shape", "is_constant"]
+__all__ = ["Reason", "check_candidate", "constant_shape", "gemm_attributes_ok", "is_constant"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +70,22 @@ def _dtype(value: ir.Value | None) -> ir.DataType | None:
     return None
 
 
+def gemm_attributes_ok(node: ir.Node) -> bool:
+    """Whether a Gemm computes ``A @ B.T + C`` exactly (alpha = beta = 1, transA = 0,
+    transB = 1), the only Gemm a linear layer exports to."""
+    def attr(name: str, default: float) -> float:
+        a = node.attributes.get(name)
+        return default if a is None else a.value  # type: ignore[no-any-return]
+    return (attr("alpha", 1.0) == 1.0 and attr("beta", 1.0) == 1.0 and attr("transA", 0) == 0
+            and attr("transB", 0) == 1)
+
+
 def check_candidate(x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Value,
-                    biases: Sequence[ir.Value | None] | None) -> Reason | None:
-    """``None`` if fusing is safe, else the first :class:`Reason` it is not."""
+                    biases: Sequence[ir.Value | None] | None, *,
+                    gemm: bool = False) -> Reason | None:
+    """``None`` if fusing is safe, else the first :class:`Reason` it is not.
+
+    ``gemm``: the weights are in Gemm(transB=1) layout, [N, K] instead of [K, N]."""
     weights = {"W_gate": w_gate, "W_up": w_up, "W_down": w_down}
     shapes: dict[str, tuple[int, ...]] = {}
     for role, w in weights.items():
@@ -81,7 +94,7 @@ def check_candidate(x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Va
             return Reason(f"{role} ({w.name}) is not a constant weight", (w,))
         if shape is None or len(shape) != 2:
             return Reason(f"{role} ({w.name}) is not 2-D with a static shape: {shape}", (w,))
-        shapes[role] = shape
+        shapes[role] = tuple(reversed(shape)) if gemm else shape
     (d, d_ff), (d_u, d_ff_u), (d_ff_d, d_d) = shapes["W_gate"], shapes["W_up"], shapes["W_down"]
     if (d, d_ff) != (d_u, d_ff_u) or (d_ff_d, d_d) != (d_ff, d):
         return Reason(f"weight shapes disagree: W_gate {shapes['W_gate']}, W_up {shapes['W_up']}, "

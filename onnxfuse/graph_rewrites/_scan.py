@@ -68,8 +68,11 @@ def _reason(graph: ir.Graph, down: ir.Node, mul: ir.Node, sides: list[list[ir.No
         splitter = next(r for r in roots if r.op_type in _SPLITTERS)
         return (f"packed gate/up projection ({splitter.op_type} {_name(splitter)} of one MatMul): "
                 "not fused yet, the weight would have to be split at rewrite time")
-    if any(r.op_type == "Gemm" for r in roots):
-        return "Gemm projections are not fused (2-D inputs): export with MatMul"
+    gemm = down.op_type == "Gemm"
+    if {r.op_type for r in roots} | {down.op_type} not in ({"MatMul"}, {"Gemm"}):
+        return "the projections mix MatMul and Gemm"
+    if gemm and not all(_safety.gemm_attributes_ok(n) for n in [*roots, down]):
+        return "a Gemm is not alpha=beta=1, transA=0, transB=1"
     x0, x1 = roots[0].inputs[0], roots[1].inputs[0]
     if x0 is not x1:
         return "gate and up projections read different inputs"
@@ -89,10 +92,14 @@ def _reason(graph: ir.Graph, down: ir.Node, mul: ir.Node, sides: list[list[ir.No
     # The gate is the side with the activation: the one with more nodes.
     gate, up = (0, 1) if len(sides[0]) >= len(sides[1]) else (1, 0)
     weights = [roots[gate].inputs[1], roots[up].inputs[1], down.inputs[1]]
-    biases = [_bias_after(roots[gate]), _bias_after(roots[up]), _bias_after(down)]
+    if gemm:
+        biases = [n.inputs[2] if len(n.inputs) > 2 else None for n in (roots[gate], roots[up], down)]
+    else:
+        biases = [_bias_after(roots[gate]), _bias_after(roots[up]), _bias_after(down)]
     if all(w is not None for w in weights):
         failure = _safety.check_candidate(
-            x0, *weights, biases if any(b is not None for b in biases) else None)  # type: ignore[arg-type]
+            x0, *weights, biases if any(b is not None for b in biases) else None,  # type: ignore[arg-type]
+            gemm=gemm)
         if failure is not None:
             return failure.text
     ops = sorted({n.op_type for side in sides for n in side})
@@ -115,7 +122,7 @@ def scan(graph: ir.Graph) -> list[NearMiss]:
     """Every unfused gated-MLP candidate in ``graph`` with the reason it was left alone."""
     found = []
     for down in graph:
-        if down.op_type != "MatMul" or down.inputs[0] is None:
+        if down.op_type not in ("MatMul", "Gemm") or down.inputs[0] is None:
             continue
         mul = down.inputs[0].producer()
         if mul is None or mul.op_type != "Mul" or len(mul.inputs) != 2 or None in mul.inputs:

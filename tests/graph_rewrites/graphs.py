@@ -103,12 +103,14 @@ def gated_mlp(
     w_down_shape: tuple[int, ...] = (D_FF, D),
     bias_shape: tuple[int, ...] = (D_FF,),
     seed: int = 0,
+    gemm_alpha: float | None = None,
 ) -> onnx.ModelProto:
     """``layers`` gated MLPs in a chain (with a residual Add), in the chosen form.
 
     ``weights``: ``init`` (initializers), ``constant`` (Constant nodes), ``transpose``
     (``Transpose`` of a [N, K] initializer), ``input`` (graph inputs: not constant).
     ``mutate(builder, values)`` may add nodes and return extra graph outputs.
+    ``gemm_alpha``: 2-D input and ``Gemm(x, W.T, [B], transB=1, alpha=...)`` projections.
     """
     b = Builder(seed, dtype)
     x = "x"
@@ -126,6 +128,8 @@ def gated_mlp(
             return name
         return b.weight(shape)
 
+    if gemm_alpha is not None:
+        return _gemm_mlp(b, form, biased, gemm_alpha, dtype, opset)
     for _ in range(layers):
         gate = b.op("MatMul", [x, w(w_gate_shape)])
         up = b.op("MatMul", [x, w(w_up_shape)])
@@ -157,6 +161,20 @@ def feeds(model: onnx.ModelProto, seed: int = 1, batch: int = 2, seq: int = 5) -
     out = {}
     for value in model.graph.input:
         t = value.type.tensor_type
-        dims = [d.dim_value if d.dim_value else {"batch": batch, "seq": seq}[d.dim_param] for d in t.shape.dim]
+        dims = [d.dim_value if d.dim_value else {"batch": batch, "seq": seq, "n": batch * seq}[d.dim_param]
+                for d in t.shape.dim]
         out[value.name] = rng.standard_normal(dims).astype(helper.tensor_dtype_to_np_dtype(t.elem_type))
     return out
+
+
+def _gemm_mlp(b: Builder, form: str, biased: bool, alpha: float, dtype: int, opset: int) -> onnx.ModelProto:
+    def proj(v: str, n: int, k: int) -> str:
+        inputs = [v, b.weight((n, k))] + ([b.weight((n,))] if biased else [])
+        return b.op("Gemm", inputs, transB=1, alpha=alpha, beta=1.0)
+
+    prod = b.op("Mul", [activation(b, proj("x", D_FF, D), form), proj("x", D_FF, D)])
+    y = proj(prod, D, D_FF)
+    graph = helper.make_graph(b.nodes, "gemm_mlp", [helper.make_tensor_value_info("x", dtype, ["n", D])],
+                              [helper.make_tensor_value_info(y, dtype, ["n", D])], b.inits)
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=opsets, ir_version=10))

@@ -53,6 +53,8 @@ FUSING = [
     dict(form="gelu", biased=True, product_order="up_first"),
     dict(form="silu", layers=3),
     dict(form="silu", dtype=TensorProto.FLOAT16),
+    dict(form="silu", gemm_alpha=1.0),
+    dict(form="gelu_tanh", gemm_alpha=1.0, biased=True),
 ]
 ACTIVATION = {"silu": "silu", "silu_rev": "silu", "swish": "silu", "quick_gelu": "silu",
               "gelu": "gelu", "gelu_erf_dec": "gelu", "gelu_tanh": "gelu_tanh",
@@ -149,6 +151,7 @@ NEAR_MISSES = {
     "Relu gate": (dict(form="relu"), "not one of"),
     "broadcast product": (dict(w_up_shape=(D, 1)), "broadcasts"),
     "2-D bias": (dict(biased=True, bias_shape=(1, D_FF)), "has shape"),
+    "Gemm with alpha 0.5": (dict(gemm_alpha=0.5), "alpha=beta=1"),
 }
 
 

@@ -134,3 +134,28 @@ def test_cli_rewrite_report_and_errors(tiny_pair: tuple[Path, Path], tmp_path: P
         bad = run_cli(["rewrite", *args], cwd=tmp_path)
         assert bad.returncode == 2, bad.stderr
         assert needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_two_d_inputs_fuse_through_gemm(tmp_path: Path, bias: bool, dynamo: bool) -> None:
+    import torch
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    torch.manual_seed(0)
+    mlp = LlamaMLP(LlamaConfig(hidden_size=16, intermediate_size=44, mlp_bias=bias,
+                               num_attention_heads=2)).eval()
+    src = tmp_path / "mlp2d.onnx"
+    torch.onnx.export(mlp, (torch.randn(6, 16),), str(src), dynamo=dynamo, input_names=["x"],
+                      output_names=["y"], dynamic_axes=None if dynamo else {"x": {0: "n"}, "y": {0: "n"}})
+    result = rewrite(RewriteConfig(src, tmp_path / "fused.onnx"))
+    assert len(result.fused) == 1 and result.fused[0].biased == bias
+    fused = onnx.load(str(tmp_path / "fused.onnx"))
+    onnx.checker.check_model(fused, full_check=True)
+    # Weights are stored once: transposed for the op, read back through Transposes in the body.
+    assert len(fused.graph.initializer) == (6 if bias else 3)
+    x = np.random.default_rng(0).standard_normal((6, 16)).astype(np.float32)
+    (got,) = _session(tmp_path / "fused.onnx").run(None, {"x": x})
+    (want,) = _session(src).run(None, {"x": x})
+    assert compare("y", got, want, limit=1e-6).passed

@@ -21,6 +21,7 @@ class CompiledKernel:
     """One compiled specialisation."""
 
     target: str
+    config: str
     dtype: str
     gated: bool
     cubin_bytes: int
@@ -30,7 +31,8 @@ class CompiledKernel:
 
 
 def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool = True,
-                      biased: bool = True, activation: str = "silu") -> CompiledKernel:
+                      biased: bool = True, activation: str = "silu",
+                      config: str = "prefill") -> CompiledKernel:
     """Compile one specialisation of the gated-MLP GEMM kernel for ``cuda:<capability>``.
 
     Raises:
@@ -41,7 +43,7 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from onnxfuse.kernels.gated_mlp import ACTIVATION_IDS, GPU_CONFIG, _gemm_kernel
+    from onnxfuse.kernels.gated_mlp import ACTIVATION_IDS, GPU_CONFIGS, _gemm_kernel
 
     if not isinstance(_gemm_kernel, triton.runtime.JITFunction):
         raise KernelError("ahead-of-time compilation needs compiled Triton: unset TRITON_INTERPRET")
@@ -50,10 +52,18 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
     ptr = f"*{_TRITON_DTYPES[dtype]}"
     signature = {name: ptr for name in ("a_ptr", "b1_ptr", "b2_ptr", "bias1_ptr", "bias2_ptr", "c_ptr")}
     signature.update({name: "i32" for name in ("M", "N", "K", "stride_am", "stride_ak",
-                                                "stride_bk", "stride_bn", "stride_cm", "stride_cn")})
-    cfg = GPU_CONFIG
+                                                "stride_bk", "stride_bn", "stride_cm", "stride_cn",
+                                                "stride_cs")})
+    if config not in GPU_CONFIGS:
+        raise KernelError(f"unknown config {config!r}: choose one of {', '.join(GPU_CONFIGS)}")
+    cfg = GPU_CONFIGS[config]
+    if cfg.split_k > 1 and gated:
+        raise KernelError(f"config {config!r} splits K: it is for the down projection (gated=False)")
+    if cfg.split_k > 1:
+        signature["c_ptr"] = "*fp32"  # split-K programs store float32 partials
     constexprs = dict(GATED=gated, HAS_BIAS=biased, ACTIVATION=ACTIVATION_IDS[activation],
                       UPCAST=False, PRECISION="tf32" if dtype == "float32" else "ieee",
+                      SPLIT_K=cfg.split_k,
                       BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                       GROUP_M=cfg.group_m)
     signature.update({name: "constexpr" for name in constexprs})
@@ -63,5 +73,5 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
                                 options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
     except Exception as e:
         raise KernelError(f"Triton cannot compile the kernel for cuda:{capability} ({dtype}): {e}") from e
-    return CompiledKernel(f"cuda:{capability}", dtype, gated, len(kernel.asm["cubin"]),
+    return CompiledKernel(f"cuda:{capability}", config, dtype, gated, len(kernel.asm["cubin"]),
                           int(kernel.metadata.shared), cfg.num_warps, kernel.metadata.name)

@@ -11,8 +11,10 @@ bfloat16 operate on raw bits (triton issues #4972, #11584): the launcher then se
 and the kernel converts loaded operands to float32 before any arithmetic. Compiled kernels
 keep bfloat16 operands for the tensor cores.
 
-Not yet: a split-K / GEMV path for decode sizes and tuned configs measured on a GPU; no GPU
-was available when this was written (see benchmarks/NOTES.md).
+Decode sizes (at most 64 rows) use narrow-M tiles and split the down projection's K across
+programs, reduced in a fixed order by :func:`_reduce_kernel` (deterministic, no atomics).
+Not yet: configs measured and autotuned on a GPU; none was available when this was written
+(see benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import triton.language as tl
 from onnxfuse import opset
 from onnxfuse.errors import KernelError
 
-__all__ = ["ACTIVATION_IDS", "KernelConfig", "fused_gated_mlp", "interpreting"]
+__all__ = ["ACTIVATION_IDS", "KernelConfig", "choose_configs", "fused_gated_mlp", "interpreting"]
 
 # Activation encoding shared with the kernel (a constexpr selects the epilogue).
 ACTIVATION_IDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -51,12 +53,33 @@ class KernelConfig:
     group_m: int = 4
     num_warps: int = 4
     num_stages: int = 2
+    split_k: int = 1
 
 
 INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, block_k=32)
-# A conservative compiled default for prefill-sized problems (to be replaced by measured
-# autotune configs per shape class).
-GPU_CONFIG = KernelConfig(block_m=128, block_n=128, block_k=32, group_m=8, num_warps=8, num_stages=3)
+
+# Shape classes. Decode (at most DECODE_MAX_TOKENS rows): a 128-row tile would be mostly
+# masked and a thin grid cannot fill the GPU, so tiles are 16 rows and wide in N, and the
+# down projection (N = d, K = d_ff: few output tiles, long K) splits K across programs.
+# These are starting points chosen from the shapes (d = 4096, d_ff = 11008: 86 tiles of 128
+# columns for gate/up, 32 for down on a 132-SM H100); they are not yet measured on a GPU.
+# Shared memory is checked by the AOT test: float32 with block_k = 128 needed 216 KiB, over
+# sm_80's 163 KiB per block; block_k = 64 fits every dtype.
+DECODE_MAX_TOKENS = 64
+PREFILL = KernelConfig(block_m=128, block_n=128, block_k=32, group_m=8, num_warps=8, num_stages=3)
+PREFILL_DOWN = PREFILL
+DECODE = KernelConfig(block_m=16, block_n=64, block_k=64, group_m=1, num_warps=4, num_stages=4)
+DECODE_DOWN = dataclasses.replace(DECODE, split_k=8)
+GPU_CONFIG = PREFILL  # the AOT build's default specialisation
+# Every compiled config, for the ahead-of-time compile test (catches resource overflows).
+GPU_CONFIGS = {"prefill": PREFILL, "decode": DECODE, "decode_down": DECODE_DOWN}
+
+
+def choose_configs(tokens: int) -> tuple[KernelConfig, KernelConfig]:
+    """(gate/up config, down config) for ``tokens`` rows on a GPU."""
+    if tokens <= DECODE_MAX_TOKENS:
+        return DECODE, DECODE_DOWN
+    return PREFILL, PREFILL_DOWN
 
 
 def interpreting() -> bool:
@@ -82,14 +105,20 @@ def _gemm_kernel(
     # sizes
     M, N, K,
     # strides
-    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_cs,
     # constexprs
     GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """C = A @ B1 (+ bias1), or, if GATED, C = act(A @ B1 + bias1) * (A @ B2 + bias2)."""
+    """C = A @ B1 (+ bias1), or, if GATED, C = act(A @ B1 + bias1) * (A @ B2 + bias2).
+
+    With SPLIT_K > 1 (not GATED), program (pid, s) sums only the s-th slice of K and stores
+    its float32 partial at ``c_ptr + s * stride_cs``; :func:`_reduce_kernel` adds the
+    partials (and the bias) in a fixed order, so results stay bitwise deterministic.
+    """
     pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
     # Grouped ordering: GROUP_M row tiles share their B tiles in L2.
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -102,7 +131,11 @@ def _gemm_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
+    # This program's slice of K, in whole BLOCK_K steps.
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_start = pid_k * k_per_split
+    k_end = min(K, k_start + k_per_split)
+    offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
@@ -111,8 +144,8 @@ def _gemm_kernel(
 
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        mask_k = (k0 + offs_k) < K
+    for k0 in range(k_start, k_end, BLOCK_K):
+        mask_k = (k0 - k_start + offs_k) < k_end
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b1 = tl.load(b1_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if UPCAST:
@@ -128,15 +161,36 @@ def _gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b1_ptrs += BLOCK_K * stride_bk
 
-    if HAS_BIAS:
+    if HAS_BIAS and SPLIT_K == 1:
         acc1 += tl.load(bias1_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if GATED:
             acc2 += tl.load(bias2_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if GATED:
         acc1 = _activation(acc1, ACTIVATION) * acc2
 
-    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    c_ptrs = c_ptr + pid_k * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc1.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _reduce_kernel(
+    partial_ptr, bias_ptr, c_ptr,
+    M, N,
+    stride_ps, stride_pm, stride_cm, stride_cn,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """C[m, n] = sum over s of partial[s, m, n] (+ bias[n]), summed in order s = 0, 1, ..."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M * N
+    m = offs // N
+    n = offs % N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(SPLIT_K):
+        acc += tl.load(partial_ptr + s * stride_ps + m * stride_pm + n, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n, mask=mask, other=0.0).to(tl.float32)
+    tl.store(c_ptr + m * stride_cm + n * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
 def _validate(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
@@ -183,17 +237,28 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
     M, K = a.shape
     N = b1.shape[1]
     upcast = interpreting() and a.dtype == torch.bfloat16
-    grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n),)
+    split_k = 1 if gated else max(1, min(config.split_k, triton.cdiv(K, config.block_k)))
+    target = c if split_k == 1 else torch.empty((split_k, M, N), dtype=torch.float32, device=a.device)
+    stride_cs = 0 if split_k == 1 else target.stride(0)
+    stride_cm, stride_cn = (c.stride(0), c.stride(1)) if split_k == 1 else (target.stride(1), target.stride(2))
+    grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n), split_k)
     _gemm_kernel[grid](
         a, b1, b2 if b2 is not None else b1, bias1 if bias1 is not None else b1,
-        bias2 if bias2 is not None else b1, c,
+        bias2 if bias2 is not None else b1, target,
         M, N, K,
-        a.stride(0), a.stride(1), b1.stride(0), b1.stride(1), c.stride(0), c.stride(1),
+        a.stride(0), a.stride(1), b1.stride(0), b1.stride(1), stride_cm, stride_cn, stride_cs,
         GATED=gated, HAS_BIAS=bias1 is not None, ACTIVATION=ACTIVATION_IDS[activation],
         UPCAST=upcast, PRECISION=precision if a.dtype == torch.float32 else "ieee",
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        SPLIT_K=split_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages,
     )
+    if split_k > 1:
+        block = 1024
+        _reduce_kernel[(triton.cdiv(M * N, block),)](
+            target, bias1 if bias1 is not None else c, c, M, N,
+            target.stride(0), target.stride(1), c.stride(0), c.stride(1),
+            SPLIT_K=split_k, HAS_BIAS=bias1 is not None, BLOCK=block,
+        )
 
 
 def fused_gated_mlp(
@@ -209,6 +274,7 @@ def fused_gated_mlp(
     precision: str = "tf32",
     out: torch.Tensor | None = None,
     config: KernelConfig | None = None,
+    down_config: KernelConfig | None = None,
 ) -> torch.Tensor:
     """``Y = (act(X @ W_gate + B_gate) * (X @ W_up + B_up)) @ W_down + B_down`` on Triton.
 
@@ -219,7 +285,8 @@ def fused_gated_mlp(
         activation: ``silu``, ``gelu`` or ``gelu_tanh``.
         precision: for float32 inputs, ``tf32`` (tensor cores, default) or ``ieee``.
         out: optional output buffer (``x``'s shape and dtype), written in full.
-        config: tile sizes; default: the interpreter's when interpreting, else the GPU's.
+        config, down_config: tile sizes of the gate/up and down launches; default: the
+            interpreter's when interpreting, else the shape class's (:func:`choose_configs`).
 
     Raises:
         KernelError: a shape, dtype, device, activation or precision that does not fit.
@@ -230,13 +297,16 @@ def fused_gated_mlp(
     a = x.reshape(-1, d)
     if a.shape[0] == 0:
         return y
-    cfg = config or (INTERPRETER_CONFIG if interpreting() else GPU_CONFIG)
+    if interpreting():
+        default_up = default_down = INTERPRETER_CONFIG
+    else:
+        default_up, default_down = choose_configs(a.shape[0])
     h = torch.empty((a.shape[0], d_ff), dtype=x.dtype, device=x.device)
     _launch(a, w_gate, w_up, b_gate, b_up, h, gated=True, activation=activation,
-            precision=precision, config=cfg)
+            precision=precision, config=config or default_up)
     y2 = y.view(-1, d) if y.is_contiguous() else torch.empty_like(a)
     _launch(h, w_down, None, b_down, None, y2, gated=False, activation=activation,
-            precision=precision, config=cfg)
+            precision=precision, config=down_config or config or default_down)
     if not y.is_contiguous():
         y.copy_(y2.view(y.shape))
     return y

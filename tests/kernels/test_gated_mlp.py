@@ -120,3 +120,24 @@ def test_bad_inputs_raise_kernel_errors_naming_the_value(change: dict[str, objec
         fused_gated_mlp(args["x"], args["w_gate"], args["w_up"], args["w_down"], args["b_gate"],  # type: ignore[arg-type]
                         args["b_up"], args["b_down"], activation=args["activation"],  # type: ignore[arg-type]
                         precision=args["precision"], out=args["out"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("split_k", [2, 3, 8])
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+def test_split_k_down_projection_matches_and_is_deterministic(dtype_name: str, split_k: int) -> None:
+    from onnxfuse.kernels.gated_mlp import INTERPRETER_CONFIG
+
+    down = __import__("dataclasses").replace(INTERPRETER_CONFIG, split_k=split_k)
+    rng = np.random.default_rng(split_k)
+    for _ in range(4):
+        p = _problem(rng, DTYPES[dtype_name])
+        p["w_gate"], p["w_up"], p["w_down"] = (  # decode-like: few rows, long K for the down GEMM
+            t.repeat(1, 2) if i < 2 else t.repeat(2, 1)
+            for i, t in enumerate((p["w_gate"], p["w_up"], p["w_down"])))  # type: ignore[union-attr]
+        for name in ("b_gate", "b_up"):
+            if p[name] is not None:
+                p[name] = p[name].repeat(2)  # type: ignore[union-attr]
+        y = _run(p, down_config=down, out=torch.full_like(p["x"], float("nan")))  # type: ignore[arg-type]
+        c = compare("y", y.float().cpu().numpy(), _reference(p).numpy(), limit=_limit(dtype_name))
+        assert c.passed, c.detail
+        assert torch.equal(_run(p, down_config=down), y)

@@ -147,7 +147,7 @@ def _trace_inputs(ex: models.Exportable) -> tuple[torch.Tensor, ...]:
     return ex.make_inputs(max(ex.batch, 2), max(ex.seq, 2))
 
 
-def _export_dynamo(ex: models.Exportable, path: Path, opset: int | None) -> None:
+def _export_dynamo(ex: models.Exportable, path: Path, opset: int | None, meta: dict[str, str]) -> None:
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
     program = torch.onnx.export(
         ex.module, _trace_inputs(ex), dynamo=True, input_names=list(ex.input_names),
@@ -156,17 +156,20 @@ def _export_dynamo(ex: models.Exportable, path: Path, opset: int | None) -> None
     )
     if program is None:
         raise ExportError("torch.onnx.export(dynamo=True) returned no program")
-    _save(program.model, path)
+    _save(program.model, path, meta)
 
 
-def _save(model: ir.Model, path: Path) -> None:
+def _save(model: ir.Model, path: Path, meta: dict[str, str]) -> None:
+    # Where the model came from, so that parity can rebuild its inputs and its torch twin.
+    model.metadata_props.update(meta)
     # onnx_ir, not onnx.save_model: onnx 1.23's save checks for an existing data file
     # relative to the current directory instead of the model's folder, and copies every
     # weight into one protobuf first.
     ir.save(model, path, external_data=path.name + ".data", size_threshold_bytes=_EXTERNAL_THRESHOLD)
 
 
-def _export_torchscript(ex: models.Exportable, path: Path, opset: int | None) -> None:
+def _export_torchscript(ex: models.Exportable, path: Path, opset: int | None,
+                        meta: dict[str, str]) -> None:
     axes = {name: {0: "batch", 1: "seq"} for name in (*ex.input_names, *ex.output_names)}
     scratch = path.parent / "torchscript"
     scratch.mkdir()
@@ -178,7 +181,7 @@ def _export_torchscript(ex: models.Exportable, path: Path, opset: int | None) ->
     )
     # The TorchScript exporter writes weights inline (or as one file per tensor past 2 GB):
     # rewrite them into the single data file every onnxfuse export has.
-    _save(ir.load(raw), path)
+    _save(ir.load(raw), path, meta)
     for f in scratch.iterdir():
         f.unlink()
     scratch.rmdir()
@@ -265,6 +268,17 @@ def verify(path: str | os.PathLike[str], ex: models.Exportable, *,
     return tuple(results)
 
 
+def source_metadata(config: ExportConfig, source: models.ModelSource) -> dict[str, str]:
+    """The model-level ``metadata_props`` an export carries: enough to rebuild its torch
+    module and its inputs (``onnxfuse.model`` is the name or the absolute path)."""
+    model = str(source.path.absolute()) if source.path is not None and source.kind != "packaged" else source.name
+    return {
+        "onnxfuse.model": model, "onnxfuse.part": config.part, "onnxfuse.dtype": config.dtype,
+        "onnxfuse.seed": str(config.seed), "onnxfuse.mlp_layer": str(config.mlp_layer),
+        "onnxfuse.exporter": config.exporter,
+    }
+
+
 def _opset_of(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -291,10 +305,11 @@ def export(config: ExportConfig) -> ExportResult:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                meta = source_metadata(config, source)
                 if config.exporter == "dynamo":
-                    _export_dynamo(ex, staged, config.opset)
+                    _export_dynamo(ex, staged, config.opset, meta)
                 else:
-                    _export_torchscript(ex, staged, config.opset)
+                    _export_torchscript(ex, staged, config.opset, meta)
         except (UserError, ExportError):
             raise
         except Exception as e:

@@ -38,6 +38,13 @@ def test_result_carries_paths_names_opset_and_figures(tiny_dynamo: ExportResult)
     assert _leftovers(r.onnx_path.parent) == []
 
 
+def test_export_records_its_source(tiny_dynamo: ExportResult) -> None:
+    header = onnx.load(str(tiny_dynamo.onnx_path), load_external_data=False)
+    meta = {p.key: p.value for p in header.metadata_props}
+    assert meta["onnxfuse.model"] == "tiny" and meta["onnxfuse.part"] == "full"
+    assert (meta["onnxfuse.dtype"], meta["onnxfuse.seed"], meta["onnxfuse.exporter"]) == ("float32", "0", "dynamo")
+
+
 def test_weights_are_external_and_axes_dynamic(tiny_dynamo: ExportResult) -> None:
     header = onnx.load(str(tiny_dynamo.onnx_path), load_external_data=False)
     assert tiny_dynamo.onnx_path.stat().st_size < tiny_dynamo.data_path.stat().st_size  # type: ignore[union-attr]

@@ -126,6 +126,38 @@ def _run_rewrite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rel_l2_override(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected OUTPUT=CEILING, e.g. logits=1e-4, got {text!r}") from None
+
+
+def _run_parity(args: argparse.Namespace) -> int:
+    from onnxfuse.pipeline.parity import ParityConfig, parity
+
+    result = parity(ParityConfig(
+        original=Path(args.original), fused=Path(args.fused), device=args.device,
+        backend=args.backend, batch=args.batch, seq=args.seq, seed=args.seed,
+        rel_l2=dict(args.rel_l2), report=Path(args.json) if args.json else None,
+    ))
+    print(f"{'comparison':<34s} {'max_abs':>9s} {'max_rel':>9s} {'rel_l2':>9s} {'cosine':>9s} "
+          f"{'limit':>7s}  status")
+    for c in (*result.outputs, *result.torch, *result.nodes):
+        nan = f" NaN/Inf differ ({c.nan_mismatches}/{c.inf_mismatches})" if c.nan_mismatches or c.inf_mismatches else ""
+        print(f"{c.name:<34s} {c.max_abs:9.2e} {c.max_rel:9.2e} {c.rel_l2:9.2e} {c.cosine:9.6f} "
+              f"{c.limit:7.0e}  {'ok' if c.passed else 'FAIL'}{nan}")
+    if result.passed:
+        print("parity: passed")
+        return 0
+    where = f"; first divergent fused node: {result.first_divergent}" if result.first_divergent else ""
+    sys.stderr.write(f"onnxfuse parity: failed{where}\n")
+    return 1
+
+
 def _run_models(args: argparse.Namespace) -> int:
     from onnxfuse.models import PACKAGED, SPECS
 
@@ -210,6 +242,27 @@ def _parser() -> argparse.ArgumentParser:
                    help="inline fused nodes back into standard ops instead of fusing")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(run=_run_rewrite)
+
+    p = sub.add_parser("parity", formatter_class=_Help, parents=[common],
+                       help="compare the original and the fused graph (and torch eager)",
+                       description=(
+        "Run the original graph and the fused graph in ONNX Runtime (graph optimizations "
+        "disabled) and, where the model records its source, torch eager, on the same seeded "
+        "inputs at two shapes (BATCHxSEQ and 1x37). Per output: max abs, max rel, rel L2, "
+        "cosine, NaN/Inf agreement, pass/fail against the tolerance table. On a failure the "
+        "first fused node that diverges is named. Exit 1 on failure."))
+    p.add_argument("original", metavar="ORIGINAL.onnx")
+    p.add_argument("fused", metavar="FUSED.onnx")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--backend", choices=("default", "triton", "none"), default="default",
+                   help="the plugin backend of the fused graph; none: its function bodies")
+    p.add_argument("--batch", type=_positive_int, default=None, help="first shape's batch (default: 2)")
+    p.add_argument("--seq", type=_positive_int, default=None, help="first shape's sequence (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the inputs")
+    p.add_argument("--rel-l2", type=_rel_l2_override, action="append", default=[], metavar="OUTPUT=X",
+                   help="override one output's ceiling (repeatable; default: the tolerance table)")
+    p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
+    p.set_defaults(run=_run_parity)
 
     p = sub.add_parser("models", formatter_class=_Help, parents=[common], help="list the model names",
                        description="List the models that --model accepts by name.")

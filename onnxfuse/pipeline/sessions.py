@@ -1,0 +1,128 @@
+"""ONNX Runtime sessions for the pipeline, and the inputs a model is run on."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxfuse import models, opset
+from onnxfuse.errors import InvalidModelError, UserError
+
+__all__ = ["ModelInfo", "make_inputs", "model_info", "session"]
+
+DEVICES = ("cpu", "cuda")
+_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself (read without loading its weights)."""
+
+    path: Path
+    inputs: tuple[tuple[str, int, tuple[int | str, ...]], ...]  # name, elem type, dims
+    outputs: tuple[str, ...]
+    metadata: dict[str, str]
+    fused_nodes: tuple[str, ...]  # names of FusedGatedMLP nodes
+    fused_outputs: tuple[str, ...]  # their output value names
+
+    @property
+    def source(self) -> str | None:
+        return self.metadata.get("onnxfuse.model")
+
+
+def model_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """Read a model's header: inputs, outputs, onnxfuse metadata, fused nodes.
+
+    Raises:
+        UserError: the file does not exist; InvalidModelError: it is not an ONNX model.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"model {p} does not exist")
+    try:
+        header = onnx.load(os.fspath(p), load_external_data=False)
+    except Exception as e:
+        raise InvalidModelError(f"cannot read {p} as an ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    inputs = tuple(
+        (v.name, v.type.tensor_type.elem_type,
+         tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim))
+        for v in header.graph.input)
+    fused = [n for n in header.graph.node if n.domain == opset.DOMAIN and n.op_type == opset.OP_TYPE]
+    return ModelInfo(p, inputs, tuple(o.name for o in header.graph.output),
+                     {m.key: m.value for m in header.metadata_props},
+                     tuple(n.name for n in fused), tuple(n.output[0] for n in fused))
+
+
+def session(path: str | os.PathLike[str], *, device: str = "cpu", optimize: bool = False,
+            extra_outputs: Sequence[str] = (), options: Any = None) -> Any:
+    """An ORT session on ``device`` with graph optimizations off (unless ``optimize``),
+    asserting it really got the provider (ORT falls back to CPU silently).
+
+    ``extra_outputs`` are intermediate values exposed as graph outputs (for localisation).
+    """
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    so = options or ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3
+    source: Any = os.fspath(path)
+    if extra_outputs:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+        known = {o.name for o in model.graph.output}
+        for name in extra_outputs:
+            if name not in known:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+        # External data paths resolve against this folder: keep the model beside its data.
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                    os.fspath(Path(path).parent))
+        source = model.SerializeToString()
+    try:
+        sess = ort.InferenceSession(source, so, providers=_PROVIDERS[device])
+    except Exception as e:
+        raise InvalidModelError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
+    if _PROVIDERS[device][0] not in sess.get_providers():
+        raise UserError(f"ONNX Runtime has no {_PROVIDERS[device][0]} here (got {sess.get_providers()}): "
+                        "install onnxruntime-gpu or use --device cpu")
+    return sess
+
+
+def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[dict[str, np.ndarray], Any]:
+    """Inputs for ``info``'s model and, when the model records its source, the torch module
+    that produced it (else ``None``): the exporter's own seeded inputs, or random ones."""
+    if info.source is not None:
+        ex = models.build(info.source, part=info.metadata.get("onnxfuse.part", "full"),  # type: ignore[arg-type]
+                          dtype=info.metadata.get("onnxfuse.dtype", "float32"),  # type: ignore[arg-type]
+                          seed=int(info.metadata.get("onnxfuse.seed", "0")),
+                          mlp_layer=int(info.metadata.get("onnxfuse.mlp_layer", "0")))
+        tensors = ex.make_inputs(batch, seq)
+        return {n: _to_numpy(t) for n, t in zip(ex.input_names, tensors, strict=True)}, (ex, tensors)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, elem, dims in info.inputs:
+        shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else seq if i == 1 else 1)
+                 for i, d in enumerate(dims)]
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        if np.issubdtype(np_dtype, np.integer):
+            feeds[name] = rng.integers(0, 100, size=shape).astype(np_dtype)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(np_dtype)
+    return feeds, None
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.detach().numpy()

@@ -1,0 +1,66 @@
+"""`onnxfuse parity`: passing pairs, a planted fault found and named, the JSON contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from onnxfuse.exporters import ExportConfig, export
+from onnxfuse.graph_rewrites import RewriteConfig, rewrite
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("parity")
+    export(ExportConfig("tiny", folder / "tiny.onnx"))
+    rewrite(RewriteConfig(folder / "tiny.onnx", folder / "fused.onnx"))
+    return folder / "tiny.onnx", folder / "fused.onnx"
+
+
+def _plant_fault(fused: Path, out: Path, node_name: str) -> None:
+    model = ir.load(fused)
+    node = next(n for n in model.graph if n.name == node_name)
+    w_down = node.inputs[3]
+    data = w_down.const_value.numpy().copy()  # type: ignore[union-attr]
+    data[0, 0] += 0.5
+    w_down.const_value = ir.tensor(data, name=w_down.name)
+    ir.save(model, out, external_data=out.name + ".data")
+
+
+def test_parity_passes_and_follows_the_json_contract(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    original, fused = pair
+    proc = run_cli(["parity", str(original), str(fused), "--json", str(tmp_path / "r.json")])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is True
+    assert [o["name"] for o in report["outputs"]] == ["logits@2x16", "logits@1x37"]
+    for row in report["outputs"]:
+        assert {"name", "max_abs", "rel_l2", "passed"} <= set(row) and row["passed"]
+    assert len(report["torch"]) == 2 and all(r["passed"] for r in report["torch"])
+
+
+def test_planted_fault_exits_1_and_names_the_node(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    _, fused = pair
+    original = pair[0]
+    bad = tmp_path / "bad.onnx"
+    _plant_fault(fused, bad, "FusedGatedMLP_1")
+    proc = run_cli(["parity", str(original), str(bad), "--json", str(tmp_path / "r.json")])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "first divergent fused node: FusedGatedMLP_1" in proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is False and report["first_divergent_node"] == "FusedGatedMLP_1"
+    nodes = {n["name"]: n["passed"] for n in report["nodes"]}
+    assert nodes == {"FusedGatedMLP_0": True, "FusedGatedMLP_1": False}
+    assert np.isfinite([o["rel_l2"] for o in report["outputs"]]).all()
+
+
+def test_parity_user_errors(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    original, _ = pair
+    proc = run_cli(["parity", str(original), str(tmp_path / "missing.onnx")])
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -158,6 +158,23 @@ def _run_parity(args: argparse.Namespace) -> int:
     return 1
 
 
+def _run_bench(args: argparse.Namespace) -> int:
+    from onnxfuse.pipeline.bench import BenchConfig, bench
+
+    result = bench(BenchConfig(
+        original=Path(args.original), fused=Path(args.fused), device=args.device,
+        batch=args.batch, seq=args.seq, warmup=args.warmup, repeat=args.repeat,
+        threads=args.threads, torch=not args.no_torch, backend=args.backend,
+        report=Path(args.json) if args.json else None,
+    ))
+    print(f"{'case':<16s} {'median ms':>10s} {'p20':>9s} {'p80':>9s} {'x unfused':>10s}")
+    for c in result.cases:
+        print(f"{c['name']!s:<16s} {c['median_ms']:>10.3f} {c['p20_ms']:>9.3f} {c['p80_ms']:>9.3f} "
+              f"{c['speedup_vs_unfused']:>10.3f}")
+    print(f"speedup (unfused / fused): {result.speedup:.3f}")
+    return 0
+
+
 def _run_models(args: argparse.Namespace) -> int:
     from onnxfuse.models import PACKAGED, SPECS
 
@@ -263,6 +280,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="override one output's ceiling (repeatable; default: the tolerance table)")
     p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
     p.set_defaults(run=_run_parity)
+
+    p = sub.add_parser("bench", formatter_class=_Help, parents=[common],
+                       help="time the unfused graph, the fused graph and torch eager",
+                       description=(
+        "Time the unfused and the fused graph in ONNX Runtime (default graph optimizations, "
+        "as users run them) and torch eager where the model records its source, interleaved "
+        "in one run: warm-up rounds, then the median of --repeat rounds, with p20/p80."))
+    p.add_argument("original", metavar="ORIGINAL.onnx")
+    p.add_argument("fused", metavar="FUSED.onnx")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--backend", choices=("default", "triton", "none"), default="none",
+                   help="the plugin backend of the fused graph; none: its function bodies")
+    p.add_argument("--batch", type=_positive_int, default=2)
+    p.add_argument("--seq", type=_positive_int, default=16)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeat", type=_positive_int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: 0, ORT's choice)")
+    p.add_argument("--no-torch", action="store_true", help="skip torch eager")
+    p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
+    p.set_defaults(run=_run_bench)
 
     p = sub.add_parser("models", formatter_class=_Help, parents=[common], help="list the model names",
                        description="List the models that --model accepts by name.")

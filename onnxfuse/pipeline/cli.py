@@ -175,6 +175,30 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_view(args: argparse.Namespace) -> int:
+    import threading
+
+    from onnxfuse.pipeline.view import serve
+
+    with serve(args.model, args.port, browse=not args.no_browser) as url:
+        print(f"serving {args.model} with Netron at {url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("stopped")
+    return 0
+
+
+def _run_snapshot(args: argparse.Namespace) -> int:
+    from onnxfuse.fileio import check_output
+    from onnxfuse.pipeline.view import snapshot
+
+    out = check_output(args.output, force=args.force, inputs=[args.model])
+    labels = snapshot(args.model, out, width=args.width, height=args.height, expect=args.expect)
+    print(f"wrote {out} ({len(labels)} labels drawn)")
+    return 0
+
+
 def _run_models(args: argparse.Namespace) -> int:
     from onnxfuse.models import PACKAGED, SPECS
 
@@ -300,6 +324,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="skip torch eager")
     p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
     p.set_defaults(run=_run_bench)
+
+    p = sub.add_parser("view", formatter_class=_Help, parents=[common],
+                       help="serve a model with Netron on a loopback port",
+                       description="Serve MODEL with Netron on 127.0.0.1, print the URL, open the "
+                                   "browser unless --no-browser; Ctrl-C stops it.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(run=_run_view)
+
+    p = sub.add_parser("snapshot", formatter_class=_Help, parents=[common],
+                       help="render Netron's view of a model to PNG (headless Chromium)",
+                       description="Render Netron's view of MODEL to a PNG through headless "
+                                   "Chromium (needs chromium and chromium-driver).")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    p.add_argument("--width", type=int, default=1600)
+    p.add_argument("--height", type=int, default=1200)
+    p.add_argument("--expect", default=None, metavar="LABEL",
+                   help="wait until a node with this label is drawn (e.g. FusedGatedMLP)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.set_defaults(run=_run_snapshot)
 
     p = sub.add_parser("models", formatter_class=_Help, parents=[common], help="list the model names",
                        description="List the models that --model accepts by name.")

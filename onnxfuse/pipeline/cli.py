@@ -62,7 +62,7 @@ def _quiet_third_parties() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub is ever reachable or wanted
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
-    for name in ("onnxscript", "onnx_ir"):
+    for name in ("onnxscript", "onnx_ir", "netron"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -210,11 +210,15 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    # Without a GPU the Triton kernels run in the interpreter. Triton (which torch imports)
+    # reads this once, so it must be set before anything imports it.
+    if not Path("/dev/nvidia0").exists():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     _quiet_torch()
     from onnxfuse.pipeline.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(model=args.model, out=Path(args.out), force=True))
-    return 0
+    result = run_demo(DemoConfig(model=args.model, out=Path(args.out)))
+    return 0 if result.passed else 1
 
 
 def _positive_int(text: str) -> int:
@@ -353,7 +357,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", formatter_class=_Help, parents=[common],
                        help="run the main job end to end and write a report",
-                       description="Build, export and verify a model and its isolated MLP.")
+                       description=(
+        "Build the model; export it and its isolated MLP; rewrite both; check parity "
+        "(original vs fused vs torch); run the Triton kernel on the fused MLP's weights; bench; "
+        "write report.html, report.json and PNGs to --out. With smollm2, also compare 32 greedy "
+        "tokens from the fused ONNX model with torch's."))
     p.add_argument("--model", default="seed", help="model name, folder or .gguf file")
     p.add_argument("--out", default="out/demo", metavar="DIR",
                    help="output folder (its previous demo files are replaced)")

@@ -121,6 +121,7 @@ def snapshot(model: str | os.PathLike[str], png: str | os.PathLike[str], *, widt
             with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as tmp:
                 pass
             driver.save_screenshot(tmp.name)
+            os.chmod(tmp.name, 0o644)
             os.replace(tmp.name, out)
             return labels
         finally:

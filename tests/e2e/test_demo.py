@@ -1,0 +1,55 @@
+"""`onnxfuse demo` end to end on the tiny model, and its report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
+    env = {**os.environ}
+    env.pop("TRITON_INTERPRET", None)  # the CLI sets it itself on a machine without a GPU
+    proc = subprocess.run([sys.executable, "-m", "onnxfuse.pipeline.cli", "demo", "--model", "tiny",
+                           "--out", str(tmp_path / "demo")], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "demo"
+    report = json.loads((out / "report.json").read_text())
+    steps = {s["step"]: s for s in report["summary"]}
+    for step in ("export full", "rewrite full", "parity full", "export mlp", "rewrite mlp",
+                 "parity mlp", "triton kernel", "bench mlp"):
+        assert steps[step]["ok"], steps[step]
+    assert report["triton"]["mode"] == "interpreter" and report["triton"]["passed"]
+    assert "report:" in proc.stdout and "triton kernel" in proc.stdout
+    for png in ("errors.png", "timing.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium and chromedriver (.ci/run installs them)")
+        pytest.skip("chromium/chromedriver not installed")
+    assert (out / "graph-after.png").is_file() and (out / "graph-before.png").is_file()
+    from selenium.webdriver.common.by import By
+
+    from onnxfuse.pipeline.view import _driver
+
+    driver = _driver(1200, 1600)
+    try:
+        driver.get((out / "report.html").as_uri())
+        time.sleep(0.5)
+        rows = driver.find_elements(By.CSS_SELECTOR, "#summary tbody tr")
+        assert len(rows) == len(report["summary"])
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) == 4
+        # Every image actually loaded (naturalWidth is 0 for a broken image).
+        assert all(driver.execute_script("return arguments[0].naturalWidth", img) > 100 for img in images)
+        driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()

@@ -25,24 +25,38 @@ __all__ = [  # noqa: RUF022 - grouped by home module
     "Exportable",
     "build",
     "spec_names",
-    # exporters
+    # the pipeline, mirroring the CLI
+    "bench",
+    "compare",
+    "export",
+    "fuse",
+    "session",
+    # stage configs and results
     "ExportConfig",
     "ExportResult",
-    "export",
+    "ParityResult",
+    "RewriteResult",
+    "BenchResult",
     # numerics
     "Comparison",
-    "compare",
+    "compare_arrays",
     "tolerance",
 ]
 
-_HOMES = {
+_HOMES: dict[str, str | tuple[str, str]] = {
     **dict.fromkeys(
         ("ExportError", "InvalidModelError", "KernelError", "ModelNotFoundError", "OnnxfuseError",
          "OutputError", "ParityError", "RewriteError", "UnsupportedError", "UserError"),
         "onnxfuse.errors"),
     **dict.fromkeys(("Exportable", "build", "spec_names"), "onnxfuse.models"),
-    **dict.fromkeys(("ExportConfig", "ExportResult", "export"), "onnxfuse.exporters"),
-    **dict.fromkeys(("Comparison", "compare", "tolerance"), "onnxfuse.numerics"),
+    **dict.fromkeys(("ExportConfig", "ExportResult"), "onnxfuse.exporters"),
+    **dict.fromkeys(("Comparison", "tolerance"), "onnxfuse.numerics"),
+    **dict.fromkeys(("bench", "export", "fuse", "session"), "onnxfuse.pipeline.api"),
+    "compare": ("onnxfuse.pipeline.api", "compare_models"),
+    "compare_arrays": ("onnxfuse.numerics", "compare"),
+    "ParityResult": "onnxfuse.pipeline.parity",
+    "RewriteResult": "onnxfuse.graph_rewrites",
+    "BenchResult": "onnxfuse.pipeline.bench",
 }
 
 if TYPE_CHECKING:
@@ -58,16 +72,23 @@ if TYPE_CHECKING:
         UnsupportedError,
         UserError,
     )
-    from onnxfuse.exporters import ExportConfig, ExportResult, export
+    from onnxfuse.exporters import ExportConfig, ExportResult
+    from onnxfuse.graph_rewrites import RewriteResult
     from onnxfuse.models import Exportable, build, spec_names
-    from onnxfuse.numerics import Comparison, compare, tolerance
+    from onnxfuse.numerics import Comparison, tolerance
+    from onnxfuse.numerics import compare as compare_arrays
+    from onnxfuse.pipeline.api import bench, export, fuse, session
+    from onnxfuse.pipeline.api import compare_models as compare
+    from onnxfuse.pipeline.bench import BenchResult
+    from onnxfuse.pipeline.parity import ParityResult
 
 
 def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'onnxfuse' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    module, attr = home if isinstance(home, tuple) else (home, name)
+    value = getattr(importlib.import_module(module), attr)
     globals()[name] = value
     return value
 

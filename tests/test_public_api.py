@@ -9,7 +9,8 @@ import pytest
 import onnxfuse
 
 PUBLIC_MODULES = ["onnxfuse", "onnxfuse.errors", "onnxfuse.numerics", "onnxfuse.fileio",
-                  "onnxfuse.opset", "onnxfuse.models", "onnxfuse.exporters"]
+                  "onnxfuse.opset", "onnxfuse.models", "onnxfuse.exporters", "onnxfuse.graph_rewrites",
+                  "onnxfuse.kernels", "onnxfuse.pipeline.api"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -31,3 +32,15 @@ def test_error_exit_codes() -> None:
     assert onnxfuse.ModelNotFoundError("x").exit_code == 2
     assert onnxfuse.ParityError("x").exit_code == 1
     assert onnxfuse.ExportError("x").exit_code == 3
+
+
+def test_python_api_mirrors_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = onnxfuse.export("tiny", tmp_path / "m.onnx", part="mlp")
+    fused = onnxfuse.fuse(result.onnx_path, tmp_path / "f.onnx")
+    assert len(fused.fused) == 1
+    parity = onnxfuse.compare(result.onnx_path, fused.output)
+    assert parity.passed
+    timing = onnxfuse.bench(result.onnx_path, fused.output, repeat=2, warmup=1, torch=False)
+    assert timing.speedup > 0
+    sess = onnxfuse.session(fused.output)
+    assert sess.get_providers()[0] == "CPUExecutionProvider"

@@ -101,7 +101,7 @@ def bench(config: BenchConfig) -> BenchResult:
             fn()
             if round_ >= config.warmup:
                 times[name].append((time.perf_counter() - start) * 1e3)
-        log.info("bench round %d/%d", round_ + 1, config.warmup + config.repeat)
+        log.debug("bench round %d/%d", round_ + 1, config.warmup + config.repeat)
     meta = _machine()
     cases = []
     for name, ts in times.items():

@@ -29,7 +29,7 @@ from onnxfuse.pipeline import sessions
 from onnxfuse.pipeline.bench import BenchConfig, bench
 from onnxfuse.pipeline.parity import ParityConfig, parity
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = ["DemoConfig", "DemoResult", "greedy_generation", "run_demo"]
 
 log = logging.getLogger(__name__)
 _TRITON_TOKENS = 4  # the interpreter runs ~20 ms per program: keep the Triton check small
@@ -84,25 +84,26 @@ def _triton_check(mlp: Path, fused: Path) -> dict[str, Any]:
             "mode": "interpreter" if interpreting() else "compiled"}
 
 
-def _generation(config: DemoConfig, fused: Path) -> dict[str, Any]:
-    """Greedy tokens from the fused ONNX model in ORT vs the torch model (no KV cache)."""
+def greedy_generation(model: str, fused: Path, tokens: int = 32,
+                      prompt: str = "The capital of France is") -> dict[str, Any]:
+    """Greedy tokens from the fused ONNX model in ORT vs the torch model (no KV cache):
+    ``{"prompt", "onnx_tokens", "torch_tokens", "identical", "text"}``."""
     import torch
     import transformers
 
     from onnxfuse import models
 
-    source = models.resolve(config.model)
+    source = models.resolve(model)
     if source.path is None:
         raise UnsupportedError("generation needs a real checkpoint with a tokenizer")
     where, kwargs = ((source.path.parent, {"gguf_file": source.path.name}) if source.kind in ("gguf", "packaged")
                      else (source.path, {}))
     tok = transformers.AutoTokenizer.from_pretrained(where, local_files_only=True, **kwargs)
     ex = models.build(source)
-    prompt = "The capital of France is"
     ids = tok(prompt, return_tensors="pt").input_ids
     sess = sessions.session(fused)
     onnx_ids, torch_ids = ids.clone(), ids.clone()
-    for _ in range(config.generate_tokens):
+    for _ in range(tokens):
         mask = np.ones(onnx_ids.shape, dtype=np.float32)
         (logits,) = sess.run(None, {"input_ids": onnx_ids.numpy(), "attention_mask": mask})
         onnx_ids = torch.cat([onnx_ids, torch.tensor([[int(logits[0, -1].argmax())]])], dim=1)
@@ -152,7 +153,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     _step(summary, "bench mlp", f"fused/unfused speedup {b.speedup:.3f} (function bodies in ORT; plugin not built yet)", True)
     data["bench_mlp"] = b.as_dict()
     if config.model == "smollm2" or Path(config.model).suffix == ".gguf":
-        g = _generation(config, paths["full"][1])
+        g = greedy_generation(config.model, paths["full"][1], config.generate_tokens)
         _step(summary, "generation", f"{len(g['onnx_tokens'])} greedy tokens, identical to torch: {g['identical']}: "
               f"{g['text']!r}", g["identical"])
         data["generation"] = g

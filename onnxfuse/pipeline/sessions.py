@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,10 +100,10 @@ def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[d
     """Inputs for ``info``'s model and, when the model records its source, the torch module
     that produced it (else ``None``): the exporter's own seeded inputs, or random ones."""
     if info.source is not None:
-        ex = models.build(info.source, part=info.metadata.get("onnxfuse.part", "full"),  # type: ignore[arg-type]
-                          dtype=info.metadata.get("onnxfuse.dtype", "float32"),  # type: ignore[arg-type]
-                          seed=int(info.metadata.get("onnxfuse.seed", "0")),
-                          mlp_layer=int(info.metadata.get("onnxfuse.mlp_layer", "0")))
+        ex = _build(info.source, info.metadata.get("onnxfuse.part", "full"),
+                    info.metadata.get("onnxfuse.dtype", "float32"),
+                    int(info.metadata.get("onnxfuse.seed", "0")),
+                    int(info.metadata.get("onnxfuse.mlp_layer", "0")))
         tensors = ex.make_inputs(batch, seq)
         return {n: _to_numpy(t) for n, t in zip(ex.input_names, tensors, strict=True)}, (ex, tensors)
     rng = np.random.default_rng(seed)
@@ -116,6 +117,13 @@ def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[d
         else:
             feeds[name] = rng.standard_normal(shape).astype(np_dtype)
     return feeds, None
+
+
+@functools.lru_cache(maxsize=2)
+def _build(model: str, part: str, dtype: str, seed: int, mlp_layer: int) -> models.Exportable:
+    # Cached: parity and bench ask for two shapes of the same model, and loading a real
+    # checkpoint takes seconds (SmolLM2: 17 s).
+    return models.build(model, part=part, dtype=dtype, seed=seed, mlp_layer=mlp_layer)  # type: ignore[arg-type]
 
 
 def _to_numpy(t: Any) -> np.ndarray:

@@ -41,6 +41,13 @@ def test_smollm2_export_matches_torch_and_fuses_every_layer(tmp_path: Path) -> N
     c = compare("logits", outs[0], outs[1], limit=1e-6)
     assert c.passed and np.isfinite(outs[0]).all(), c.detail
 
+    # 32 greedy tokens from the fused ONNX model in ORT are torch's, and start with " Paris."
+    from onnxfuse.pipeline.demo import greedy_generation
+
+    g = greedy_generation("smollm2", tmp_path / "fused.onnx", 32)
+    assert len(g["onnx_tokens"]) == 32 and g["identical"], g
+    assert g["text"].startswith(" Paris."), g["text"]
+
 
 @pytest.mark.smollm2
 def test_smollm2_is_the_real_model() -> None:

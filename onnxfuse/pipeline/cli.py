@@ -136,6 +136,21 @@ def _rel_l2_override(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected OUTPUT=CEILING, e.g. logits=1e-4, got {text!r}") from None
 
 
+def _fused_session_options(backend: str):  # type: ignore[no-untyped-def]
+    """The fused graph's session options for ``--backend``: the plugin, or plain ORT."""
+    if backend == "none":
+        return None
+    if backend == "triton":
+        from onnxfuse.errors import UnsupportedError
+
+        raise UnsupportedError("--backend triton is not available yet (the plugin's Python bridge "
+                               "is issue 5's next slice): use --backend default or none")
+    from onnxfuse.kernels import ortlib
+
+    ortlib.library_path()  # a clear error now if the plugin is not built
+    return ortlib.session_options
+
+
 def _run_parity(args: argparse.Namespace) -> int:
     from onnxfuse.pipeline.parity import ParityConfig, parity
 
@@ -143,6 +158,7 @@ def _run_parity(args: argparse.Namespace) -> int:
         original=Path(args.original), fused=Path(args.fused), device=args.device,
         backend=args.backend, batch=args.batch, seq=args.seq, seed=args.seed,
         rel_l2=dict(args.rel_l2), report=Path(args.json) if args.json else None,
+        session_options=_fused_session_options(args.backend),
     ))
     print(f"{'comparison':<34s} {'max_abs':>9s} {'max_rel':>9s} {'rel_l2':>9s} {'cosine':>9s} "
           f"{'limit':>7s}  status")
@@ -166,6 +182,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         batch=args.batch, seq=args.seq, warmup=args.warmup, repeat=args.repeat,
         threads=args.threads, torch=not args.no_torch, backend=args.backend,
         report=Path(args.json) if args.json else None,
+        session_options=_fused_session_options(args.backend),
     ))
     print(f"{'case':<16s} {'median ms':>10s} {'p20':>9s} {'p80':>9s} {'x unfused':>10s}")
     for c in result.cases:
@@ -318,7 +335,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("original", metavar="ORIGINAL.onnx")
     p.add_argument("fused", metavar="FUSED.onnx")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--backend", choices=("default", "triton", "none"), default="none",
+    p.add_argument("--backend", choices=("default", "triton", "none"), default="default",
                    help="the plugin backend of the fused graph; none: its function bodies")
     p.add_argument("--batch", type=_positive_int, default=2)
     p.add_argument("--seq", type=_positive_int, default=16)

@@ -1,0 +1,126 @@
+"""The native ONNX Runtime custom-op library that runs ``onnxfuse::FusedGatedMLP``.
+
+Built from ``onnxfuse/kernels/ort`` (C++ against ORT's C API, version 21, so it loads in ORT
+1.21 and newer) with CMake by :func:`build` (``make`` runs it on install). ORT headers come
+from ``$ORT_INCLUDE_DIR``, else the system's ``onnxruntime/`` include folder, else Debian
+trixie's ``libonnxruntime-dev`` fetched under an isolated apt configuration.
+
+CPU kernel: it calls ORT's own MatMul through the C API's op invocation (``Ort::Op``) for the
+three GEMMs, with scratch from the kernel context's allocator and the activation × product
+parallelised on ORT's thread pool. Session config entries chosen per session:
+``onnxfuse.cpu_kernel`` = ``matmul`` (default) | ``naive`` (reference loops);
+``onnxfuse.debug_offset`` adds a constant to every output (tests use it to prove the plugin's
+kernel, not the function body, ran).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from onnxfuse.errors import KernelError, UnsupportedError
+
+__all__ = ["LIBRARY_NAME", "build", "library_path", "session_options"]
+
+log = logging.getLogger(__name__)
+LIBRARY_NAME = "libonnxfuse_ort.so"
+_SOURCE = Path(__file__).parent / "ort"
+_INSTALLED = Path(__file__).parent / "_lib" / LIBRARY_NAME
+CPU_KERNELS = ("matmul", "naive")
+
+
+def library_path() -> Path:
+    """The built library: ``$ONNXFUSE_ORT_LIBRARY``, else the one :func:`build` installed.
+
+    Raises:
+        UnsupportedError: it has not been built (the message says how).
+    """
+    env = os.environ.get("ONNXFUSE_ORT_LIBRARY")
+    path = Path(env) if env else _INSTALLED
+    if not path.is_file():
+        raise UnsupportedError(
+            f"the onnxfuse ORT plugin is not built ({path} is missing): run `make install` or "
+            "`python -m onnxfuse.kernels.ortlib`; fused models still run without it (function bodies)")
+    return path
+
+
+def _headers(work: Path) -> Path:
+    env = os.environ.get("ORT_INCLUDE_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime")]
+    for c in candidates:
+        if (c / "onnxruntime_cxx_api.h").is_file():
+            return c
+    if env:
+        raise KernelError(f"ORT_INCLUDE_DIR={env} holds no onnxruntime_cxx_api.h")
+    cached = _SOURCE.parent / "_lib" / "ort-include" / "usr" / "include" / "onnxruntime"
+    if not (cached / "onnxruntime_cxx_api.h").is_file():
+        log.info("fetching ONNX Runtime headers (Debian trixie libonnxruntime-dev)")
+        proc = subprocess.run(["bash", str(_SOURCE / "fetch_ort_headers.sh"),
+                               str(_SOURCE.parent / "_lib" / "ort-include"), str(work / "apt")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KernelError("cannot fetch ONNX Runtime headers: "
+                              f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}; set ORT_INCLUDE_DIR")
+    return cached
+
+
+def build(dest: Path | None = None, *, build_type: str = "Release") -> Path:
+    """Configure and build the library with CMake; copy it to ``dest`` (default: the
+    package's ``_lib``). Returns its path.
+
+    Raises:
+        KernelError: no headers, no cmake / compiler, or the build failed (with its output).
+    """
+    target = dest or _INSTALLED
+    if shutil.which("cmake") is None:
+        raise KernelError("building the ORT plugin needs cmake and a C++17 compiler")
+    with tempfile.TemporaryDirectory(prefix="onnxfuse-ort-build-") as tmp:
+        work = Path(tmp)
+        include = _headers(work)
+        for cmd in (["cmake", "-S", str(_SOURCE), "-B", str(work / "build"),
+                     f"-DORT_INCLUDE_DIR={include}", f"-DCMAKE_BUILD_TYPE={build_type}"],
+                    ["cmake", "--build", str(work / "build"), "-j", str(os.cpu_count() or 2)]):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise KernelError(f"building the ORT plugin failed: {' '.join(cmd[:2])}:\n"
+                                  f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_suffix(".tmp")
+        shutil.copy2(work / "build" / LIBRARY_NAME, staged)
+        os.replace(staged, target)
+    return target
+
+
+def session_options(*, cpu_kernel: str = "matmul", debug_offset: float | None = None,
+                    options: Any = None) -> Any:
+    """ORT session options with the plugin registered.
+
+    Raises:
+        UnsupportedError: the library is not built; KernelError: ORT refuses it.
+    """
+    import onnxruntime as ort
+
+    if cpu_kernel not in CPU_KERNELS:
+        raise KernelError(f"unknown cpu_kernel {cpu_kernel!r}: choose one of {', '.join(CPU_KERNELS)}")
+    so = options or ort.SessionOptions()
+    so.add_session_config_entry("onnxfuse.cpu_kernel", cpu_kernel)
+    if debug_offset is not None:
+        so.add_session_config_entry("onnxfuse.debug_offset", repr(float(debug_offset)))
+    try:
+        so.register_custom_ops_library(str(library_path()))
+    except UnsupportedError:
+        raise
+    except Exception as e:
+        raise KernelError(f"ONNX Runtime cannot load the onnxfuse plugin: {str(e).splitlines()[0]}") from e
+    return so
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(build())  # noqa: T201

@@ -43,7 +43,7 @@ def test_the_plugin_kernel_runs_not_the_function_body(tmp_path: Path) -> None:
     src, fused = _pair(tmp_path, "tiny", "mlp")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 5)
     plain = _run(fused, feeds)
-    shifted = _run(fused, feeds, ortlib.session_options(debug_offset=1.0))
+    shifted = _run(fused, feeds, ortlib.session_options(cpu_kernel="matmul", debug_offset=1.0))
     np.testing.assert_allclose(shifted - plain, 1.0, rtol=0, atol=1e-5)
     assert np.array_equal(plain, _run(src, feeds))  # without the plugin: the function body
 
@@ -65,8 +65,16 @@ def test_plugin_matches_the_original_graph_fp32(tmp_path: Path, model: str, part
 def test_plugin_matches_the_original_graph_fp16(tmp_path: Path) -> None:
     src, fused = _pair(tmp_path, "tiny", "full", "float16")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 16)
-    got = _run(fused, feeds, ortlib.session_options())
+    got = _run(fused, feeds, ortlib.session_options(cpu_kernel="matmul"))
     assert compare("logits", got, _run(src, feeds), limit=tolerance("float16")).passed
+
+
+def test_cpu_default_leaves_nodes_to_their_function_body(tmp_path: Path) -> None:
+    src, fused = _pair(tmp_path, "tiny", "mlp")
+    feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 5)
+    # A debug offset would show if the plugin kernel ran: with the CPU default it must not.
+    got = _run(fused, feeds, ortlib.session_options(debug_offset=1.0))
+    assert np.array_equal(got, _run(src, feeds))
 
 
 def _op_model(dtype: int, d: int, dff: int, activation: str, biased: bool) -> tuple[onnx.ModelProto, list[np.ndarray]]:
@@ -99,7 +107,7 @@ def test_op_alone_matches_the_reference_in_every_type(dtype: int, activation: st
     import torch
 
     model, arrays = _op_model(dtype, 24, 52, activation, biased)
-    so = ortlib.session_options()
+    so = ortlib.session_options(cpu_kernel="matmul")
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((7, 24)).astype(np.float32)
     np_dtype = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
@@ -127,7 +135,7 @@ def test_op_alone_matches_the_reference_in_every_type(dtype: int, activation: st
 def test_bad_activation_is_an_ort_error_naming_it() -> None:
     model, _ = _op_model(TensorProto.FLOAT, 8, 12, "relu", False)
     with pytest.raises(Exception, match="unknown activation 'relu'"):
-        ort.InferenceSession(model.SerializeToString(), ortlib.session_options(),
+        ort.InferenceSession(model.SerializeToString(), ortlib.session_options(cpu_kernel="matmul"),
                              providers=["CPUExecutionProvider"])
 
 

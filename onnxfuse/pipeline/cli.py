@@ -255,6 +255,14 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # The arguments of the commands that compare an original and a fused model.
+    pair = argparse.ArgumentParser(add_help=False)
+    pair.add_argument("original", metavar="ORIGINAL.onnx")
+    pair.add_argument("fused", metavar="FUSED.onnx")
+    pair.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    pair.add_argument("--backend", choices=("default", "triton", "none"), default="default",
+                      help="the plugin backend of the fused graph (on CPU, default runs the "
+                           "function bodies: see docs/kernels.md); none: function bodies")
 
     p = sub.add_parser("export", formatter_class=_Help, parents=[common],
                        help="export a model to ONNX and verify it against torch",
@@ -305,7 +313,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(run=_run_rewrite)
 
-    p = sub.add_parser("parity", formatter_class=_Help, parents=[common],
+    p = sub.add_parser("parity", formatter_class=_Help, parents=[common, pair],
                        help="compare the original and the fused graph (and torch eager)",
                        description=(
         "Run the original graph and the fused graph in ONNX Runtime (graph optimizations "
@@ -313,11 +321,6 @@ def _parser() -> argparse.ArgumentParser:
         "inputs at two shapes (BATCHxSEQ and 1x37). Per output: max abs, max rel, rel L2, "
         "cosine, NaN/Inf agreement, pass/fail against the tolerance table. On a failure the "
         "first fused node that diverges is named. Exit 1 on failure."))
-    p.add_argument("original", metavar="ORIGINAL.onnx")
-    p.add_argument("fused", metavar="FUSED.onnx")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--backend", choices=("default", "triton", "none"), default="default",
-                   help="the plugin backend of the fused graph; none: its function bodies")
     p.add_argument("--batch", type=_positive_int, default=None, help="first shape's batch (default: 2)")
     p.add_argument("--seq", type=_positive_int, default=None, help="first shape's sequence (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="seeds the inputs")
@@ -326,17 +329,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
     p.set_defaults(run=_run_parity)
 
-    p = sub.add_parser("bench", formatter_class=_Help, parents=[common],
+    p = sub.add_parser("bench", formatter_class=_Help, parents=[common, pair],
                        help="time the unfused graph, the fused graph and torch eager",
                        description=(
         "Time the unfused and the fused graph in ONNX Runtime (default graph optimizations, "
         "as users run them) and torch eager where the model records its source, interleaved "
         "in one run: warm-up rounds, then the median of --repeat rounds, with p20/p80."))
-    p.add_argument("original", metavar="ORIGINAL.onnx")
-    p.add_argument("fused", metavar="FUSED.onnx")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--backend", choices=("default", "triton", "none"), default="default",
-                   help="the plugin backend of the fused graph; none: its function bodies")
     p.add_argument("--batch", type=_positive_int, default=2)
     p.add_argument("--seq", type=_positive_int, default=16)
     p.add_argument("--warmup", type=int, default=3)

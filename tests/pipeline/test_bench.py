@@ -17,7 +17,7 @@ def test_bench_reports_cases_and_speedup(tmp_path: Path) -> None:
                     "--warmup", "1", "--json", str(tmp_path / "b.json"), "-q"])
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "b.json").read_text())
-    assert [c["name"] for c in report["cases"]] == ["unfused", "fused[none]", "torch_eager"]
+    assert [c["name"] for c in report["cases"]] == ["unfused", "fused[default]", "torch_eager"]
     for case in report["cases"]:
         assert case["median_ms"] > 0 and case["repeat"] == 3 and case["onnxruntime"]
     assert report["speedup"] > 0

@@ -147,7 +147,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
               f"layer(s), {len(rw.skipped)} near miss(es), {rw.seconds:.2f}s", len(rw.fused) == (r.layers if part == "full" else 1))
         paths[part] = (onnx_path, fused)
         p = parity(ParityConfig(onnx_path, fused, backend=backend, report=out / f"parity-{part}.json",
-                                session_options=options))
+                                session_options=options, per_node=True))
+        _annotate_parity(fused, p)
         worst_p = max(c.rel_l2 for c in p.outputs)
         worst_t = max((c.rel_l2 for c in p.torch), default=float("nan"))
         _step(summary, f"parity {part}", f"fused [{backend}] vs original rel L2 {worst_p:.2e}; vs torch "
@@ -175,6 +176,31 @@ def run_demo(config: DemoConfig) -> DemoResult:
     report_mod.write_html(data, images, out / "report.html")
     _print_summary(summary, out, data["seconds"])
     return DemoResult(out, all(s["ok"] for s in summary), tuple(summary))
+
+
+def _annotate_parity(fused: Path, result: Any) -> None:
+    """Write each fused node's parity figures into its metadata_props, so Netron shows them
+    beside the rule and the replaced nodes. Only the graph file changes (atomically); the
+    weights file is untouched."""
+    import onnx
+
+    figures = {c.name: c for c in result.nodes}
+    model = onnx.load(os.fspath(fused), load_external_data=False)
+    for node in model.graph.node:
+        c = figures.get(node.name)
+        if c is None:
+            continue
+        for key, value in (("onnxfuse.parity.rel_l2", f"{c.rel_l2:.3e}"),
+                           ("onnxfuse.parity.max_abs", f"{c.max_abs:.3e}"),
+                           ("onnxfuse.parity.passed", str(c.passed).lower())):
+            existing = next((p for p in node.metadata_props if p.key == key), None)
+            if existing is None:
+                existing = node.metadata_props.add()
+                existing.key = key
+            existing.value = value
+    staged = fused.with_name(f".{fused.name}.partial")
+    onnx.save(model, os.fspath(staged))
+    os.replace(staged, fused)
 
 
 def _images(out: Path, paths: dict[str, tuple[Path, Path]], b: Any, summary: list[dict[str, Any]]) -> dict[str, str]:

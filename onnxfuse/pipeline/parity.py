@@ -37,6 +37,8 @@ class ParityConfig:
         report: where to write the JSON report.
         session_options: a factory for the fused graph's ORT session options (the plugin);
             ``None`` uses plain options.
+        per_node: compare every fused node's output even when the outputs pass (on the
+            first shape); on a failure this always happens.
     """
 
     original: Path
@@ -49,6 +51,7 @@ class ParityConfig:
     rel_l2: Mapping[str, float] = dataclasses.field(default_factory=dict)
     report: Path | None = None
     session_options: Callable[[], Any] | None = None
+    per_node: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +102,11 @@ def parity(config: ParityConfig) -> ParityResult:
     outputs: list[Comparison] = []
     vs_torch: list[Comparison] = []
     feeds_for_localising = None
+    first_feeds = None
     for batch, seq in (first, SECOND_SHAPE):
         log.info("parity on batch=%d seq=%d", batch, seq)
         feeds, source = sessions.make_inputs(original, batch, seq, config.seed)
+        first_feeds = first_feeds or feeds
         want = ref_sess.run(None, feeds)
         got = fused_sess.run(None, feeds)
         for name, g, w in zip(original.outputs, got, want, strict=True):
@@ -115,6 +120,8 @@ def parity(config: ParityConfig) -> ParityResult:
                                         limit=_limit(dtype, name, config.rel_l2, config.device)))
     nodes: list[Comparison] = []
     first_divergent = None
+    if config.per_node and feeds_for_localising is None:
+        feeds_for_localising = first_feeds
     if feeds_for_localising is not None and fused.fused_outputs:
         nodes, first_divergent = _localise(config, original, fused, dtype, options, feeds_for_localising)
     result = ParityResult(all(c.passed for c in outputs) and all(c.passed for c in vs_torch),

@@ -28,6 +28,14 @@ def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
         assert steps[step]["ok"], steps[step]
     assert report["triton"]["mode"] == "interpreter" and report["triton"]["passed"]
     assert "report:" in proc.stdout and "triton kernel" in proc.stdout
+    # Fused nodes carry their parity figures (Netron shows node metadata).
+    import onnx
+
+    fused = onnx.load(str(out / "tiny-mlp-fused.onnx"))
+    (node,) = [n for n in fused.graph.node if n.op_type == "FusedGatedMLP"]
+    meta = {p.key: p.value for p in node.metadata_props}
+    assert meta["onnxfuse.parity.passed"] == "true" and float(meta["onnxfuse.parity.rel_l2"]) <= 1e-5
+    assert "onnxfuse.rule" in meta
     for png in ("errors.png", "timing.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -142,7 +142,7 @@ def _localise(config: ParityConfig, original: sessions.ModelInfo, fused: session
     new = sessions.session(config.fused, device=config.device, extra_outputs=names, options=options)
     want = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, feeds), strict=True))
     got = dict(zip([o.name for o in new.get_outputs()], new.run(None, feeds), strict=True))
-    limit = tolerance(dtype, "tf32" if config.device == "cuda" and dtype == "float32" else "ieee")  # type: ignore[arg-type]
+    limit = _limit(dtype, "", {}, config.device)
     rows = [compare(node, got[value], want[value], limit=limit)
             for node, value in zip(fused.fused_nodes, names, strict=True)]
     first = next((r.name for r in rows if not r.passed), None)

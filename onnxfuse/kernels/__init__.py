@@ -1,11 +1,24 @@
-"""Kernels: the torch reference of FusedGatedMLP, its Triton kernels, ahead-of-time builds.
+"""Kernels: the torch reference of FusedGatedMLP, its Triton kernels, ahead-of-time builds,
+and the native ONNX Runtime plugin (:mod:`ortlib`) with its Python bridge (:mod:`bridge`).
 
-The ORT custom-op library (issue 5) will live here too.
+The Triton kernels are imported lazily: whether Triton compiles or interprets them is fixed
+when they are first imported (``TRITON_INTERPRET``), and the plugin's triton backend on CPU
+must be able to choose the interpreter before that.
 """
 
 from __future__ import annotations
 
-from onnxfuse.kernels.gated_mlp import KernelConfig, fused_gated_mlp, interpreting
-from onnxfuse.kernels.reference import activate, fused_gated_mlp_reference
+from typing import Any
 
 __all__ = ["KernelConfig", "activate", "fused_gated_mlp", "fused_gated_mlp_reference", "interpreting"]
+
+_LAZY = {"KernelConfig": "gated_mlp", "fused_gated_mlp": "gated_mlp", "interpreting": "gated_mlp",
+         "activate": "reference", "fused_gated_mlp_reference": "reference"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,6 +36,9 @@ LIBRARY_NAME = "libonnxfuse_ort.so"
 _SOURCE = Path(__file__).parent / "ort"
 _INSTALLED = Path(__file__).parent / "_lib" / LIBRARY_NAME
 CPU_KERNELS = ("off", "matmul", "naive")
+BACKENDS = ("default", "triton")
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("tf32", "ieee")
 
 
 def library_path() -> Path:
@@ -101,19 +104,37 @@ def build(dest: Path | None = None, *, build_type: str = "Release") -> Path:
     return target
 
 
-def session_options(*, cpu_kernel: str = "off", debug_offset: float | None = None,
+def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel: str = "off",
+                    precision: str = "tf32", debug_offset: float | None = None,
                     options: Any = None) -> Any:
     """ORT session options with the plugin registered.
 
+    Args:
+        backend: ``default`` (CPU: ``cpu_kernel``) or ``triton`` (the Python bridge launches the
+            Triton kernel on ORT's buffers: compiled on CUDA, interpreted on CPU).
+        device: ``cpu`` or ``cuda`` (registers the kernels for ORT's CUDA provider; both
+            backends launch the Triton kernel there, on ORT's compute stream).
+        cpu_kernel: the default backend's CPU kernel: ``off`` (the node's function body runs
+            on ORT's own kernels), ``matmul`` or ``naive``.
+        precision: float32 dot precision of the Triton kernel, ``tf32`` or ``ieee``.
+        debug_offset: added to every output of the native CPU kernels (tests: proves they ran).
+
     Raises:
-        UnsupportedError: the library is not built; KernelError: ORT refuses it.
+        UnsupportedError: the library is not built; KernelError: a bad value, or ORT refuses it.
     """
     import onnxruntime as ort
 
-    if cpu_kernel not in CPU_KERNELS:
-        raise KernelError(f"unknown cpu_kernel {cpu_kernel!r}: choose one of {', '.join(CPU_KERNELS)}")
+    for name, value, choices in (("backend", backend, BACKENDS), ("device", device, DEVICES),
+                                 ("cpu_kernel", cpu_kernel, CPU_KERNELS),
+                                 ("precision", precision, PRECISIONS)):
+        if value not in choices:
+            raise KernelError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+    if backend == "triton" or device == "cuda":
+        _prepare_triton(device)
     so = options or ort.SessionOptions()
-    so.add_session_config_entry("onnxfuse.cpu_kernel", cpu_kernel)
+    for key, value in (("cpu_kernel", cpu_kernel), ("backend", backend), ("device", device),
+                       ("precision", precision)):
+        so.add_session_config_entry(f"onnxfuse.{key}", value)
     if debug_offset is not None:
         so.add_session_config_entry("onnxfuse.debug_offset", repr(float(debug_offset)))
     try:
@@ -123,6 +144,22 @@ def session_options(*, cpu_kernel: str = "off", debug_offset: float | None = Non
     except Exception as e:
         raise KernelError(f"ONNX Runtime cannot load the onnxfuse plugin: {str(e).splitlines()[0]}") from e
     return so
+
+
+def _prepare_triton(device: str) -> None:
+    """Install the bridge; on CPU make sure the Triton kernels will run under the interpreter."""
+    import sys
+
+    from onnxfuse.kernels import bridge
+
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        if "onnxfuse.kernels.gated_mlp" in sys.modules:
+            raise KernelError("the triton backend on CPU runs the Triton interpreter, but the kernels were "
+                              "already compiled for a GPU in this process: set TRITON_INTERPRET=1 before "
+                              "onnxfuse imports them, or use --device cuda")
+        os.environ["TRITON_INTERPRET"] = "1"
+        log.info("triton backend on CPU: running the Triton kernels under the interpreter")
+    bridge.install()
 
 
 if __name__ == "__main__":

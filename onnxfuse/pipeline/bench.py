@@ -4,6 +4,7 @@ run; medians with spread and ratios side by side, as tidy rows."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import platform
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from onnxfuse.errors import UserError
 from onnxfuse.fileio import check_output, staged_outputs
 from onnxfuse.pipeline import sessions
 
@@ -26,7 +28,10 @@ class BenchConfig:
     """Time ``original`` and ``fused`` (and torch eager, where the source is known).
 
     Sessions use ORT's default graph optimizations (what a user runs); ``repeat`` rounds
-    each run every case once, in turn, after ``warmup`` rounds.
+    each run every case once, in turn, after ``warmup`` rounds. ``backends`` are the fused
+    graph's (:data:`sessions.BACKENDS`), each its own case ``fused[BACKEND]``; ``speedup`` is
+    the first one's. ``session_options``, when given, replaces the plugin options of every
+    backend but ``none``.
     """
 
     original: Path
@@ -40,16 +45,17 @@ class BenchConfig:
     torch: bool = True
     report: Path | None = None
     session_options: Callable[[], Any] | None = None
-    backend: str = "none"
+    backends: tuple[str, ...] = ("default",)
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchResult:
     cases: tuple[dict[str, object], ...]
-    speedup: float  # unfused median / fused median
+    speedup: float  # unfused median / fused median (the first backend)
+    speedups: dict[str, float] = dataclasses.field(default_factory=dict)  # per backend
 
     def as_dict(self) -> dict[str, object]:
-        return {"cases": list(self.cases), "speedup": self.speedup}
+        return {"cases": list(self.cases), "speedup": self.speedup, "speedups": self.speedups}
 
 
 def _machine() -> dict[str, object]:
@@ -68,21 +74,27 @@ def bench(config: BenchConfig) -> BenchResult:
     """Interleaved medians of each case; ``speedup`` is unfused / fused."""
     import onnxruntime as ort
 
+    if not config.backends:
+        raise UserError("bench needs at least one backend of the fused graph")
     report = check_output(config.report, force=True, inputs=[config.original, config.fused]) if config.report else None
     original = sessions.model_info(config.original)
 
-    def options() -> Any:
-        so = config.session_options() if config.session_options else ort.SessionOptions()
+    def options(factory: Callable[[], Any] | None) -> Any:
+        so = factory() if factory else ort.SessionOptions()
         if config.threads:
             so.intra_op_num_threads = config.threads
         return so
 
     feeds, source = sessions.make_inputs(original, config.batch, config.seq)
     runs: dict[str, Callable[[], object]] = {}
-    unfused = sessions.session(config.original, device=config.device, optimize=True, options=options())
-    fused = sessions.session(config.fused, device=config.device, optimize=True, options=options())
+    unfused = sessions.session(config.original, device=config.device, optimize=True, options=options(None))
     runs["unfused"] = lambda: unfused.run(None, feeds)
-    runs[f"fused[{config.backend}]"] = lambda: fused.run(None, feeds)
+    for backend in dict.fromkeys(config.backends):
+        factory = sessions.plugin_options(backend, config.device)
+        if factory and config.session_options:
+            factory = config.session_options
+        fused = sessions.session(config.fused, device=config.device, optimize=True, options=options(factory))
+        runs[f"fused[{backend}]"] = functools.partial(fused.run, None, feeds)
     if config.torch and source is not None:
         import torch
 
@@ -111,10 +123,11 @@ def bench(config: BenchConfig) -> BenchResult:
                       "batch": config.batch, "seq": config.seq, "model": original.source or config.original.name,
                       **meta})
     median = {c["name"]: c["median_ms"] for c in cases}
-    speedup = float(median["unfused"]) / float(median[f"fused[{config.backend}]"])  # type: ignore[arg-type]
     for c in cases:
         c["speedup_vs_unfused"] = float(median["unfused"]) / float(c["median_ms"])  # type: ignore[arg-type]
-    result = BenchResult(tuple(cases), speedup)
+    speedups = {b: float(median["unfused"]) / float(median[f"fused[{b}]"])  # type: ignore[arg-type]
+                for b in dict.fromkeys(config.backends)}
+    result = BenchResult(tuple(cases), speedups[config.backends[0]], speedups)
     if report is not None:
         with staged_outputs(report) as stage:
             (stage / report.name).write_text(json.dumps(result.as_dict(), indent=2) + "\n")

@@ -136,21 +136,6 @@ def _rel_l2_override(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected OUTPUT=CEILING, e.g. logits=1e-4, got {text!r}") from None
 
 
-def _fused_session_options(backend: str):  # type: ignore[no-untyped-def]
-    """The fused graph's session options for ``--backend``: the plugin, or plain ORT."""
-    if backend == "none":
-        return None
-    if backend == "triton":
-        from onnxfuse.errors import UnsupportedError
-
-        raise UnsupportedError("--backend triton is not available yet (the plugin's Python bridge "
-                               "is issue 5's next slice): use --backend default or none")
-    from onnxfuse.kernels import ortlib
-
-    ortlib.library_path()  # a clear error now if the plugin is not built
-    return ortlib.session_options
-
-
 def _run_parity(args: argparse.Namespace) -> int:
     from onnxfuse.pipeline.parity import ParityConfig, parity
 
@@ -158,7 +143,6 @@ def _run_parity(args: argparse.Namespace) -> int:
         original=Path(args.original), fused=Path(args.fused), device=args.device,
         backend=args.backend, batch=args.batch, seq=args.seq, seed=args.seed,
         rel_l2=dict(args.rel_l2), report=Path(args.json) if args.json else None,
-        session_options=_fused_session_options(args.backend),
     ))
     print(f"{'comparison':<34s} {'max_abs':>9s} {'max_rel':>9s} {'rel_l2':>9s} {'cosine':>9s} "
           f"{'limit':>7s}  status")
@@ -180,9 +164,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     result = bench(BenchConfig(
         original=Path(args.original), fused=Path(args.fused), device=args.device,
         batch=args.batch, seq=args.seq, warmup=args.warmup, repeat=args.repeat,
-        threads=args.threads, torch=not args.no_torch, backend=args.backend,
+        threads=args.threads, torch=not args.no_torch, backends=args.backend,
         report=Path(args.json) if args.json else None,
-        session_options=_fused_session_options(args.backend),
     ))
     print(f"{'case':<16s} {'median ms':>10s} {'p20':>9s} {'p80':>9s} {'x unfused':>10s}")
     for c in result.cases:
@@ -238,6 +221,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def _backends(text: str) -> tuple[str, ...]:
+    from onnxfuse.pipeline.sessions import BACKENDS
+
+    names = BACKENDS if text == "all" else tuple(dict.fromkeys(t.strip() for t in text.split(",")))
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend {', '.join(unknown) or text!r}: choose from "
+                                         f"{', '.join(BACKENDS)} or all")
+    return names
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -259,10 +253,8 @@ def _parser() -> argparse.ArgumentParser:
     pair = argparse.ArgumentParser(add_help=False)
     pair.add_argument("original", metavar="ORIGINAL.onnx")
     pair.add_argument("fused", metavar="FUSED.onnx")
-    pair.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    pair.add_argument("--backend", choices=("default", "triton", "none"), default="default",
-                      help="the plugin backend of the fused graph (on CPU, default runs the "
-                           "function bodies: see docs/kernels.md); none: function bodies")
+    pair.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                      help="ORT execution provider (cuda needs onnxruntime-gpu and a GPU)")
 
     p = sub.add_parser("export", formatter_class=_Help, parents=[common],
                        help="export a model to ONNX and verify it against torch",
@@ -326,6 +318,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the inputs")
     p.add_argument("--rel-l2", type=_rel_l2_override, action="append", default=[], metavar="OUTPUT=X",
                    help="override one output's ceiling (repeatable; default: the tolerance table)")
+    p.add_argument("--backend", choices=("default", "triton", "none"), default="default",
+                   help="how the fused nodes run: the plugin's default kernel (on CPU: ORT's own "
+                        "kernels via the function body, see docs/kernels.md), its triton backend "
+                        "(on CPU: the Triton interpreter, small shapes only), or none (plain ORT, "
+                        "no plugin)")
     p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
     p.set_defaults(run=_run_parity)
 
@@ -341,6 +338,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_positive_int, default=10)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: 0, ORT's choice)")
     p.add_argument("--no-torch", action="store_true", help="skip torch eager")
+    p.add_argument("--backend", type=_backends, default=("default",), metavar="LIST",
+                   help="fused-graph backends to time, comma-separated, each its own case: "
+                        "default, triton (on CPU: the Triton interpreter, very slow), none, or all")
     p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
     p.set_defaults(run=_run_bench)
 

@@ -35,8 +35,8 @@ class ParityConfig:
         batch, seq: the first shape (default 2 × 16); the second is always 1 × 37.
         rel_l2: per-output ceilings overriding the tolerance table.
         report: where to write the JSON report.
-        session_options: a factory for the fused graph's ORT session options (the plugin);
-            ``None`` uses plain options.
+        session_options: a factory for the fused graph's ORT session options; ``None``: the
+            plugin with ``backend`` on ``device`` (:func:`sessions.plugin_options`).
         per_node: compare every fused node's output even when the outputs pass (on the
             first shape); on a failure this always happens.
     """
@@ -95,7 +95,8 @@ def parity(config: ParityConfig) -> ParityResult:
                         f"{[i[0] for i in fused.inputs]}")
     report = check_output(config.report, force=True, inputs=[config.original, config.fused]) if config.report else None
     dtype = original.metadata.get("onnxfuse.dtype", "float32")
-    options = config.session_options() if config.session_options else None
+    factory = config.session_options or sessions.plugin_options(config.backend, config.device)
+    options = factory() if factory else None
     ref_sess = sessions.session(config.original, device=config.device)
     fused_sess = sessions.session(config.fused, device=config.device, options=options)
     first = (config.batch or _DEFAULT_SHAPE[0], config.seq or _DEFAULT_SHAPE[1])

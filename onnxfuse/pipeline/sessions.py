@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,11 @@ import onnx
 from onnxfuse import models, opset
 from onnxfuse.errors import InvalidModelError, UserError
 
-__all__ = ["ModelInfo", "make_inputs", "model_info", "session"]
+__all__ = ["BACKENDS", "ModelInfo", "make_inputs", "model_info", "plugin_options", "session"]
 
 DEVICES = ("cpu", "cuda")
+# The fused graph's backends: plain ORT (function bodies), the plugin's default, its triton bridge.
+BACKENDS = ("none", "default", "triton")
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -94,6 +96,26 @@ def session(path: str | os.PathLike[str], *, device: str = "cpu", optimize: bool
         raise UserError(f"ONNX Runtime has no {_PROVIDERS[device][0]} here (got {sess.get_providers()}): "
                         "install onnxruntime-gpu or use --device cpu")
     return sess
+
+
+def plugin_options(backend: str, device: str = "cpu") -> Callable[[], Any] | None:
+    """A factory of session options that run a fused graph's nodes on ``backend``: ``None``
+    for ``none`` (plain ORT: the nodes' function bodies), else the plugin registered with that
+    backend (:func:`onnxfuse.kernels.ortlib.session_options`).
+
+    Raises:
+        UserError: an unknown backend; UnsupportedError: the plugin is not built.
+    """
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    if backend == "none":
+        return None
+    from onnxfuse.kernels import ortlib
+
+    ortlib.library_path()  # a clear error now if the plugin is not built
+    return functools.partial(ortlib.session_options, backend=backend, device=device)
 
 
 def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[dict[str, np.ndarray], Any]:

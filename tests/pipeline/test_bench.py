@@ -22,3 +22,20 @@ def test_bench_reports_cases_and_speedup(tmp_path: Path) -> None:
         assert case["median_ms"] > 0 and case["repeat"] == 3 and case["onnxruntime"]
     assert report["speedup"] > 0
     assert "speedup (unfused / fused)" in proc.stdout
+
+
+def test_bench_times_every_backend_side_by_side(tmp_path: Path) -> None:
+    export(ExportConfig("tiny", tmp_path / "mlp.onnx", part="mlp"))
+    rewrite(RewriteConfig(tmp_path / "mlp.onnx", tmp_path / "fused.onnx"))
+    proc = run_cli(["bench", str(tmp_path / "mlp.onnx"), str(tmp_path / "fused.onnx"), "--repeat", "2",
+                    "--warmup", "1", "--backend", "all", "--no-torch", "--json", str(tmp_path / "b.json"), "-q"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert [c["name"] for c in report["cases"]] == ["unfused", "fused[none]", "fused[default]", "fused[triton]"]
+    assert set(report["speedups"]) == {"none", "default", "triton"}
+    assert report["speedup"] == report["speedups"]["none"]
+
+
+def test_bench_refuses_an_unknown_backend(tmp_path: Path) -> None:
+    proc = run_cli(["bench", "a.onnx", "b.onnx", "--backend", "default,fast"])
+    assert proc.returncode == 2 and "unknown backend 'fast'" in proc.stderr

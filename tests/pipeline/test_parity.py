@@ -64,3 +64,17 @@ def test_parity_user_errors(pair: tuple[Path, Path], tmp_path: Path) -> None:
     proc = run_cli(["parity", str(original), str(tmp_path / "missing.onnx")])
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_triton_backend_passes_and_localises_a_fault(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """ORT → plugin → Triton kernel (interpreted) for both fused nodes; with a planted fault the
+    localisation (fused node outputs exposed, custom op in the graph) names the node."""
+    original, fused = pair
+    proc = run_cli(["parity", str(original), str(fused), "--backend", "triton", "--json", str(tmp_path / "r.json")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
+    bad = tmp_path / "bad.onnx"
+    _plant_fault(fused, bad, "FusedGatedMLP_0")
+    proc = run_cli(["parity", str(original), str(bad), "--backend", "triton", "--json", str(tmp_path / "r.json")])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["first_divergent_node"] == "FusedGatedMLP_0"

@@ -1,4 +1,4 @@
-// onnxfuse ORT custom-op library: registers onnxfuse::FusedGatedMLP (CPU EP; float, float16, bfloat16).
+// onnxfuse ORT custom-op library: registers onnxfuse::FusedGatedMLP (CPU or CUDA EP; float, float16, bfloat16).
 //   Y = act(X @ W_gate + B_gate) * (X @ W_up + B_up) @ W_down + B_down
 // Inputs: X[..., d], W_gate[d,dff], W_up[d,dff], W_down[dff,d], optional B_gate[dff], B_up[dff], B_down[d]
 // Attribute: activation = "silu" (default) | "gelu" | "gelu_tanh"
@@ -6,12 +6,23 @@
 //   onnxfuse.cpu_kernel   = "matmul" (ORT's own MatMul via Ort::Op) | "naive" (reference loops)
 //                         | "off" (register nothing: CPU nodes run their model-local function body)
 //   onnxfuse.debug_offset = float added to every output element (debug only; proves the kernel ran)
+//   onnxfuse.backend      = "default" | "triton" (call the Python bridge: onnxfuse.kernels.bridge)
+//   onnxfuse.device       = "cpu" (default) | "cuda" (register for the CUDA EP; the triton backend)
+//   onnxfuse.precision    = "tf32" (default) | "ieee": float32 dot precision handed to the triton backend
 //   onnxfuse.debug_ep     = EP name to register the kernels for instead of CPUExecutionProvider (debug only)
+//
+// The triton bridge (no Python headers needed): Python hands the library a C callback through
+// onnxfuse_set_triton_callback (ctypes.CFUNCTYPE; ctypes takes the GIL when ORT's thread calls it).
+// The kernel fills an OnnxfuseCall with ORT's own buffers (no copy), the element type, the
+// activation and, on CUDA, ORT's compute stream; a non-zero return plus the message the callback
+// wrote into call->error becomes an ORT error (the run fails, the process and the session survive).
+// The CUDA kernels need no CUDA headers or driver: they only pass device pointers and the stream.
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 #include <cstdint>
@@ -24,13 +35,65 @@
 static_assert(ORT_API_VERSION >= 21, "need ORT headers with API version >= 21");
 static constexpr uint32_t kApiVersion = 21;  // request 21 so the library loads in ORT >= 1.21
 
+
+// ---- the triton bridge's C ABI (mirrored by onnxfuse/kernels/bridge.py; bump the version on change) ----
+extern "C" {
+#define ONNXFUSE_BRIDGE_VERSION 1
+#define ONNXFUSE_MAX_DIMS 8
+typedef struct {
+  void* data;  // NULL for an absent optional input
+  int64_t ndim;
+  int64_t shape[ONNXFUSE_MAX_DIMS];
+} OnnxfuseTensor;
+
+typedef struct {
+  int32_t version;     // ONNXFUSE_BRIDGE_VERSION
+  int32_t elem_type;   // ONNX TensorProto element type: 1 float, 10 float16, 16 bfloat16
+  int32_t activation;  // 0 silu, 1 gelu, 2 gelu_tanh
+  int32_t device;      // 0 cpu, 1 cuda
+  int32_t device_id;
+  int32_t precision;   // 0 tf32, 1 ieee
+  void* stream;        // ORT's compute stream (cudaStream_t) on CUDA, else NULL
+  OnnxfuseTensor inputs[7];  // X, W_gate, W_up, W_down, B_gate, B_up, B_down
+  OnnxfuseTensor output;
+  char error[1024];    // NUL-terminated message the callback writes when it returns non-zero
+} OnnxfuseCall;
+
+typedef int (*OnnxfuseTritonFn)(OnnxfuseCall*);
+}
+
+namespace {
+std::atomic<OnnxfuseTritonFn> g_triton{nullptr};
+}
+
+// Install (or, with NULL, remove) the triton backend's callback; returns the bridge version.
+extern "C" __attribute__((visibility("default"))) int onnxfuse_set_triton_callback(OnnxfuseTritonFn fn) {
+  g_triton.store(fn);
+  return ONNXFUSE_BRIDGE_VERSION;
+}
+
+// sizeof(OnnxfuseCall): Python checks its mirror of the struct against it.
+extern "C" __attribute__((visibility("default"))) int64_t onnxfuse_bridge_call_size() {
+  return int64_t(sizeof(OnnxfuseCall));
+}
+
+// Number of FusedGatedMLP kernel runs per implementation since load (tests: which kernel ran).
+namespace {
+std::atomic<int64_t> g_runs[4];
+}
+extern "C" __attribute__((visibility("default"))) int64_t onnxfuse_kernel_runs(int impl) {
+  return impl >= 0 && impl < 4 ? g_runs[impl].load() : -1;
+}
+
 namespace {
 
 enum class Act { Silu, Gelu, GeluTanh };
-enum class Impl { MatMul, Naive, Off };
+enum class Impl { MatMul, Naive, Off, Triton };
 
 struct Config {
   Impl impl = Impl::MatMul;
+  bool cuda = false;
+  int32_t precision = 0;  // 0 tf32, 1 ieee (triton backend, float32)
   float debug_offset = 0.f;
   std::string ep = "CPUExecutionProvider";  // debug: onnxfuse.debug_ep overrides (tests function fallback)
 };
@@ -164,15 +227,28 @@ struct FusedGatedMLPKernel {
     const std::vector<int64_t> xshape = X.GetTensorTypeAndShapeInfo().GetShape();
     const std::vector<int64_t> wshape = Wg.GetTensorTypeAndShapeInfo().GetShape();
     if (xshape.empty() || wshape.size() != 2)
-      throw Ort::Exception("onnxfuse::FusedGatedMLP: X must be [...,d], weights 2-D", ORT_INVALID_ARGUMENT);
+      throw Ort::Exception("onnxfuse::FusedGatedMLP: X must be [..., d] and W_gate [d, d_ff], got X of rank " +
+                           std::to_string(xshape.size()) + ", W_gate of rank " + std::to_string(wshape.size()),
+                           ORT_INVALID_ARGUMENT);
     const int64_t d = xshape.back(), dff = wshape[1];
     if (wshape[0] != d)
-      throw Ort::Exception("onnxfuse::FusedGatedMLP: W_gate must be [d, dff]", ORT_INVALID_ARGUMENT);
+      throw Ort::Exception("onnxfuse::FusedGatedMLP: W_gate is [" + std::to_string(wshape[0]) + ", " +
+                           std::to_string(dff) + "] but X's last dim is " + std::to_string(d), ORT_INVALID_ARGUMENT);
+    expect_shape(Wu, "W_up", {d, dff});
+    expect_shape(Wd, "W_down", {dff, d});
+    if ((Bg || Bu || Bd) && !(Bg && Bu && Bd))
+      throw Ort::Exception("onnxfuse::FusedGatedMLP: give all three biases or none", ORT_INVALID_ARGUMENT);
+    if (Bg) { expect_shape(Bg, "B_gate", {dff}); expect_shape(Bu, "B_up", {dff}); expect_shape(Bd, "B_down", {d}); }
     int64_t n = 1;
     for (size_t i = 0; i + 1 < xshape.size(); ++i) n *= xshape[i];
 
     auto Y = ctx.GetOutput(0, xshape);
     T* y = Y.GetTensorMutableData<T>();
+    g_runs[static_cast<int>(cfg_.impl)].fetch_add(1);
+    if (cfg_.impl == Impl::Triton) {
+      if (n != 0) call_triton(ctx, {&X, &Wg, &Wu, &Wd, &Bg, &Bu, &Bd}, xshape, y);
+      return;
+    }
     if (n == 0) return;
 
     Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
@@ -243,6 +319,58 @@ struct FusedGatedMLPKernel {
         for (int64_t j = 0; j < d; ++j) yf[i * d + j] += (bd ? bd[j] : 0.f) + off;
     if constexpr (!std::is_same_v<T, float>)
       for (int64_t i = 0; i < n * d; ++i) y[i] = from_f<T>(yf[i]);
+  }
+
+
+  static void expect_shape(const Ort::ConstValue& v, const char* name, std::vector<int64_t> want) {
+    const std::vector<int64_t> got = v.GetTensorTypeAndShapeInfo().GetShape();
+    if (got == want) return;
+    auto fmt = [](const std::vector<int64_t>& s) {
+      std::string r = "[";
+      for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+      return r + "]";
+    };
+    throw Ort::Exception(std::string("onnxfuse::FusedGatedMLP: ") + name + " is " + fmt(got) + ", expected " +
+                         fmt(want), ORT_INVALID_ARGUMENT);
+  }
+
+  // The triton backend: hand ORT's buffers to the Python callback (no copy).
+  void call_triton(Ort::KernelContext& ctx, std::initializer_list<const Ort::ConstValue*> ins,
+                   const std::vector<int64_t>& yshape, T* y) {
+    OnnxfuseTritonFn fn = g_triton.load();
+    if (!fn)
+      throw Ort::Exception("onnxfuse::FusedGatedMLP: the triton backend has no Python kernel installed: "
+                           "create the session with onnxfuse.kernels.ortlib.session_options(backend='triton')",
+                           ORT_FAIL);
+    auto call = std::make_unique<OnnxfuseCall>();
+    std::memset(call.get(), 0, sizeof(OnnxfuseCall));
+    call->version = ONNXFUSE_BRIDGE_VERSION;
+    call->elem_type = elem_type<T>();
+    call->activation = static_cast<int32_t>(act_);
+    call->device = cfg_.cuda ? 1 : 0;
+    call->precision = cfg_.precision;
+    auto fill = [](OnnxfuseTensor& t, const void* data, const std::vector<int64_t>& shape) {
+      if (shape.size() > ONNXFUSE_MAX_DIMS)
+        throw Ort::Exception("onnxfuse::FusedGatedMLP: more than 8 dims", ORT_INVALID_ARGUMENT);
+      t.data = const_cast<void*>(data);
+      t.ndim = int64_t(shape.size());
+      std::copy(shape.begin(), shape.end(), t.shape);
+    };
+    size_t i = 0;
+    for (const Ort::ConstValue* v : ins) {
+      if (*v) fill(call->inputs[i], v->GetTensorRawData(), v->GetTensorTypeAndShapeInfo().GetShape());
+      ++i;
+    }
+    fill(call->output, y, yshape);
+    if (cfg_.cuda) {
+      call->stream = ctx.GetGPUComputeStream();
+      call->device_id = (*ins.begin())->GetTensorMemoryInfo().GetDeviceId();
+    }
+    if (fn(call.get()) != 0) {
+      call->error[sizeof(call->error) - 1] = '\0';
+      throw Ort::Exception(std::string("onnxfuse::FusedGatedMLP (triton backend): ") +
+                           (call->error[0] ? call->error : "the Python kernel failed"), ORT_RUNTIME_EXCEPTION);
+    }
   }
 
   static void naive_gemm(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t nn) {
@@ -338,7 +466,28 @@ OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtA
   else if (!impl.empty() && impl != "matmul")
     return api->CreateStatus(ORT_INVALID_ARGUMENT, ("onnxfuse.cpu_kernel: unknown value " + impl).c_str());
   std::string off = config_entry(options, "onnxfuse.debug_offset");
-  if (!off.empty()) cfg.debug_offset = std::stof(off);
+  if (!off.empty()) {
+    try { cfg.debug_offset = std::stof(off); } catch (const std::exception&) {
+      return api->CreateStatus(ORT_INVALID_ARGUMENT, ("onnxfuse.debug_offset: not a number: " + off).c_str());
+    }
+  }
+  const std::string backend = config_entry(options, "onnxfuse.backend");
+  if (backend == "triton") cfg.impl = Impl::Triton;
+  else if (!backend.empty() && backend != "default")
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, ("onnxfuse.backend: unknown value " + backend +
+                                                    " (default or triton)").c_str());
+  const std::string device = config_entry(options, "onnxfuse.device");
+  if (device == "cuda") {
+    cfg.cuda = true;
+    cfg.ep = "CUDAExecutionProvider";
+    cfg.impl = Impl::Triton;  // on CUDA both backends launch the Triton kernel (no native CUDA kernel yet)
+  } else if (!device.empty() && device != "cpu") {
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, ("onnxfuse.device: unknown value " + device + " (cpu or cuda)").c_str());
+  }
+  const std::string precision = config_entry(options, "onnxfuse.precision");
+  if (precision == "ieee") cfg.precision = 1;
+  else if (!precision.empty() && precision != "tf32")
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, ("onnxfuse.precision: unknown value " + precision + " (tf32 or ieee)").c_str());
   std::string ep = config_entry(options, "onnxfuse.debug_ep");
   if (!ep.empty()) cfg.ep = ep;
   if (cfg.impl == Impl::Off && ep.empty()) return nullptr;  // CPU: leave nodes to their function body

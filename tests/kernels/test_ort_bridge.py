@@ -1,0 +1,183 @@
+"""The plugin's triton backend: ORT → native kernel → Python bridge → Triton kernel (under the
+interpreter here), on ORT's own buffers; failures inside Python become ORT errors."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto
+
+from onnxfuse.errors import KernelError
+from onnxfuse.kernels import bridge, ortlib
+from onnxfuse.kernels.reference import fused_gated_mlp_reference
+from onnxfuse.numerics import compare, tolerance
+from onnxfuse.pipeline import sessions
+from tests.kernels.plugin_models import fused_pair, op_model, run_model, run_op
+
+
+@pytest.fixture(scope="module")
+def tiny_mlp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return fused_pair(tmp_path_factory.mktemp("bridge"), "tiny", "mlp")
+
+
+@pytest.fixture(autouse=True)
+def _restore_kernel():
+    yield
+    bridge.set_kernel(None)
+    bridge.install()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_triton_backend_matches_the_original_graph_for_tiny(tmp_path: Path, dtype: str) -> None:
+    src, fused = fused_pair(tmp_path, "tiny", "full", dtype)
+    info = sessions.model_info(fused)
+    assert len(info.fused_nodes) == 2
+    options = ortlib.session_options(backend="triton")
+    for batch, seq in ((2, 7), (1, 5)):
+        feeds, _ = sessions.make_inputs(sessions.model_info(src), batch, seq)
+        before = bridge.calls(), bridge.kernel_runs("triton")
+        got = run_model(fused, feeds, options)
+        # Each fused node ran through the bridge: the Triton kernel, not the function body.
+        assert bridge.calls() - before[0] == 2
+        assert bridge.kernel_runs("triton") - before[1] == 2
+        c = compare("logits", got, run_model(src, feeds), limit=tolerance(dtype))  # type: ignore[arg-type]
+        assert c.passed, c.detail
+
+
+def test_the_kernel_writes_into_ort_buffers_without_copying(tiny_mlp: tuple[Path, Path]) -> None:
+    src, fused = tiny_mlp
+    feeds, _ = sessions.make_inputs(sessions.model_info(src), 1, 3)
+    seen: list[tuple[int, int, bool]] = []
+
+    def spy(x, w_gate, w_up, w_down, *biases, activation, precision, out):  # type: ignore[no-untyped-def]
+        # ORT's input buffer is the tensor's memory: for X, the very array we fed (ORT binds
+        # numpy inputs without a copy on CPU).
+        seen.append((x.data_ptr(), out.data_ptr(), x.is_contiguous() and out.is_contiguous()))
+        out.copy_(fused_gated_mlp_reference(x, w_gate, w_up, w_down, *biases, activation=activation))
+
+    bridge.set_kernel(spy)
+    x = next(iter(feeds.values()))
+    got = run_model(fused, feeds, ortlib.session_options(backend="triton"))
+    (x_ptr, out_ptr, contiguous), = seen
+    assert x_ptr == x.ctypes.data and contiguous and out_ptr != x_ptr
+    assert compare("y", got, run_model(src, feeds), limit=1e-5).passed
+
+
+def test_a_raising_python_kernel_is_an_ort_error_and_the_next_run_works(tiny_mlp: tuple[Path, Path]) -> None:
+    src, fused = tiny_mlp
+    feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 4)
+    sess = sessions.session(fused, options=ortlib.session_options(backend="triton"))
+
+    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ValueError("boom: planted failure 42")
+
+    bridge.set_kernel(boom)
+    with pytest.raises(Exception, match=r"triton backend\): ValueError: boom: planted failure 42") as info:
+        sess.run(None, feeds)
+    assert "RUNTIME_EXCEPTION" in str(info.value)
+    bridge.set_kernel(None)
+    got = sess.run(None, feeds)[0]
+    assert compare("y", got, run_model(src, feeds), limit=1e-5).passed
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_runs_in_a_loop_do_not_leak(tiny_mlp: tuple[Path, Path]) -> None:
+    """100 raising runs and 100 successful bridge runs grow RSS by less than 5%. The successful
+    ones launch a torch kernel through the same zero-copy wrappers (the interpreter would take
+    ~0.15 s a run); a few real Triton runs come first so its caches are warm."""
+    src, fused = tiny_mlp
+    feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 4)
+    sess = sessions.session(fused, options=ortlib.session_options(backend="triton"))
+    for _ in range(3):
+        sess.run(None, feeds)
+
+    def reference(x, w_gate, w_up, w_down, *biases, activation, precision, out):  # type: ignore[no-untyped-def]
+        out.copy_(fused_gated_mlp_reference(x, w_gate, w_up, w_down, *biases, activation=activation))
+
+    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("x" * 4000)  # longer than the error buffer: truncated, not overflowed
+
+    bridge.set_kernel(reference)
+    for _ in range(10):
+        sess.run(None, feeds)
+    start = _rss_mib()
+    for _ in range(100):
+        sess.run(None, feeds)
+    bridge.set_kernel(boom)
+    failures = 0
+    for _ in range(100):
+        try:
+            sess.run(None, feeds)
+        except Exception as e:
+            failures += "RuntimeError: xxx" in str(e)
+    grown = _rss_mib() - start
+    assert failures == 100
+    assert grown < 0.05 * start, f"RSS grew {grown:.1f} MiB from {start:.1f} MiB over 200 runs"
+
+
+def test_without_the_callback_the_run_fails_clearly(tiny_mlp: tuple[Path, Path]) -> None:
+    src, fused = tiny_mlp
+    feeds, _ = sessions.make_inputs(sessions.model_info(src), 1, 2)
+    sess = sessions.session(fused, options=ortlib.session_options(backend="triton"))
+    bridge.uninstall()
+    with pytest.raises(Exception, match=r"no Python kernel installed.*backend='triton'"):
+        sess.run(None, feeds)
+
+
+def test_bf16_through_the_bridge_matches_the_reference() -> None:
+    """bfloat16 crosses the bridge as raw 16-bit buffers; the interpreter path upcasts."""
+    import ml_dtypes
+
+    model, arrays = op_model(TensorProto.BFLOAT16, 40, 72, "gelu_tanh", True)
+    x = np.random.default_rng(3).standard_normal((2, 40)).astype(np.float32)
+    y = run_op(model, x, TensorProto.BFLOAT16, ortlib.session_options(backend="triton"))
+    q = [torch.from_numpy(a.astype(ml_dtypes.bfloat16).astype(np.float32)) for a in arrays]
+    ref = fused_gated_mlp_reference(torch.from_numpy(x.astype(ml_dtypes.bfloat16).astype(np.float32)),
+                                    *q, activation="gelu_tanh", compute_dtype=torch.float64)
+    assert compare("Y", y, ref.numpy(), limit=tolerance("bfloat16")).passed
+
+
+def test_bad_shapes_are_ort_errors_naming_the_input() -> None:
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model, _ = op_model(TensorProto.FLOAT, 8, 12, "silu", False)
+    w_up = next(t for t in model.graph.initializer if t.name == "W_up")
+    w_up.CopyFrom(numpy_helper.from_array(np.zeros((8, 13), np.float32), "W_up"))
+    for options in (ortlib.session_options(backend="triton"), ortlib.session_options(cpu_kernel="matmul")):
+        sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        with pytest.raises(Exception, match=r"W_up is \[8, 13\], expected \[8, 12\]"):
+            sess.run(None, {"X": np.zeros((3, 8), np.float32)})
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"backend": "cuda"}, "unknown backend 'cuda'"),
+    ({"device": "gpu"}, "unknown device 'gpu'"),
+    ({"precision": "fp64"}, "unknown precision 'fp64'"),
+])
+def test_bad_session_options_name_the_value(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(KernelError, match=message):
+        ortlib.session_options(**kwargs)
+
+
+def test_unknown_config_entries_are_refused_by_the_library() -> None:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("onnxfuse.backend", "fast")
+    with pytest.raises(Exception, match=r"onnxfuse\.backend: unknown value fast"):
+        so.register_custom_ops_library(str(ortlib.library_path()))
+
+
+def test_the_bridge_struct_matches_the_library_abi() -> None:
+    lib = ctypes.CDLL(str(ortlib.library_path()))
+    lib.onnxfuse_bridge_call_size.restype = ctypes.c_int64
+    assert lib.onnxfuse_bridge_call_size() == ctypes.sizeof(bridge._Call)

@@ -120,7 +120,7 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
         debug_offset: added to every output of the native CPU kernels (tests: proves they ran).
 
     Raises:
-        UnsupportedError: the library is not built; KernelError: a bad value, or ORT refuses it.
+        UnsupportedError: the library is not built or ORT cannot load it; KernelError: a bad value.
     """
     import onnxruntime as ort
 
@@ -142,7 +142,9 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
     except UnsupportedError:
         raise
     except Exception as e:
-        raise KernelError(f"ONNX Runtime cannot load the onnxfuse plugin: {str(e).splitlines()[0]}") from e
+        raise UnsupportedError(f"ONNX Runtime cannot load the onnxfuse plugin: {str(e).splitlines()[0]}; "
+                               "rebuild it (python -m onnxfuse.kernels.ortlib) or run without it "
+                               "(--backend none: fused models run their function bodies)") from e
     return so
 
 

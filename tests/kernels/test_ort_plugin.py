@@ -103,3 +103,21 @@ def test_missing_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("ONNXFUSE_ORT_LIBRARY", str(tmp_path / "nope.so"))
     with pytest.raises(UnsupportedError, match="not built"):
         ortlib.session_options()
+
+
+def test_broken_library_is_a_clear_error_and_the_function_body_still_runs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from onnxfuse.errors import UnsupportedError
+    from tests.conftest import run_cli
+
+    broken = tmp_path / "libbroken.so"
+    broken.write_bytes(b"\x7fELF" + bytes(range(256)) * 4)
+    monkeypatch.setenv("ONNXFUSE_ORT_LIBRARY", str(broken))
+    with pytest.raises(UnsupportedError, match="ONNX Runtime cannot load the onnxfuse plugin"):
+        ortlib.session_options()
+    src, fused = fused_pair(tmp_path, "tiny", "mlp")
+    proc = run_cli(["parity", str(src), str(fused)])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "cannot load the onnxfuse plugin" in proc.stderr
+    proc = run_cli(["parity", str(src), str(fused), "--backend", "none"])  # no plugin: function bodies
+    assert proc.returncode == 0, proc.stderr

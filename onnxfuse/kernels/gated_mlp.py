@@ -57,6 +57,19 @@ class KernelConfig:
 
 
 INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, block_k=32)
+# Large problems under the interpreter: its cost is per loop iteration and per element loaded
+# (loads gather through pointer arrays), so wide N/K tiles and, for a few tokens, 16-row tiles
+# cut the notebook MLP at 4 tokens from ~100 s (32-wide) to ~12 s on this CPU.
+INTERPRETER_LARGE_DIM = 512
+
+
+def interpreter_config(m: int, n: int, k: int) -> KernelConfig:
+    """Tiles for an ``m×k @ k×n`` launch under the interpreter: 32-wide for small problems
+    (tests: several tiles and every mask), 128-wide N/K once a dim reaches 512, 16 rows for at
+    most 16 rows."""
+    wide = max(n, k) >= INTERPRETER_LARGE_DIM
+    return KernelConfig(block_m=16 if m <= 16 and wide else 32, block_n=128 if wide else 32,
+                        block_k=128 if wide else 32)
 
 # Shape classes. Decode (at most DECODE_MAX_TOKENS rows): a 128-row tile would be mostly
 # masked and a thin grid cannot fill the GPU, so tiles are 16 rows and wide in N, and the
@@ -298,7 +311,8 @@ def fused_gated_mlp(
     if a.shape[0] == 0:
         return y
     if interpreting():
-        default_up = default_down = INTERPRETER_CONFIG
+        default_up = interpreter_config(a.shape[0], d_ff, d)
+        default_down = interpreter_config(a.shape[0], d, d_ff)
     else:
         default_up, default_down = choose_configs(a.shape[0])
     h = torch.empty((a.shape[0], d_ff), dtype=x.dtype, device=x.device)

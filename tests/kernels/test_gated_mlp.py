@@ -141,3 +141,21 @@ def test_split_k_down_projection_matches_and_is_deterministic(dtype_name: str, s
         c = compare("y", y.float().cpu().numpy(), _reference(p).numpy(), limit=_limit(dtype_name))
         assert c.passed, c.detail
         assert torch.equal(_run(p, down_config=down), y)
+
+
+@pytest.mark.parametrize("rows", [3, 40])
+def test_wide_interpreter_tiles_match_the_reference(rows: int) -> None:
+    """Dims from 512 up use 128-wide tiles under the interpreter (16 rows for few tokens):
+    partial tiles in every direction, and the output poisoned first."""
+    from onnxfuse.kernels.gated_mlp import interpreter_config
+
+    assert interpreter_config(rows, 600, 520).block_k == 128
+    assert interpreter_config(rows, 600, 520).block_m == (16 if rows <= 16 else 32)
+    assert interpreter_config(rows, 80, 48) == interpreter_config(rows, 80, 48).__class__(block_m=32, block_n=32, block_k=32)
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 520, generator=gen).to(DEVICE)
+    w = [(torch.randn(*s, generator=gen) * 0.05).to(DEVICE) for s in ((520, 600), (520, 600), (600, 520))]
+    y = fused_gated_mlp(x, *w, precision="ieee", out=torch.full_like(x, float("nan")))
+    ref = fused_gated_mlp_reference(x.cpu(), *(t.cpu() for t in w), compute_dtype=torch.float64)
+    c = compare("y", y.cpu().numpy(), ref.numpy(), limit=tolerance("float32"))
+    assert c.passed, c.detail

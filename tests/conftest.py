@@ -18,11 +18,13 @@ if not os.environ.get("ONNXFUSE_TEST_GPU"):
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``onnxfuse ARGS`` in a fresh interpreter, as a user would."""
+def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``onnxfuse ARGS`` in a fresh interpreter, as a user would (``env``: the whole
+    environment, default this process's)."""
     return subprocess.run(
         [sys.executable, "-m", "onnxfuse.pipeline.cli", *args], cwd=cwd, capture_output=True,
-        text=True, timeout=timeout,
+        text=True, timeout=timeout, env=env,
     )
 
 

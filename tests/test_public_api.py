@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 
 import onnxfuse
@@ -44,3 +45,11 @@ def test_python_api_mirrors_the_cli(tmp_path) -> None:  # type: ignore[no-untype
     assert timing.speedup > 0
     sess = onnxfuse.session(fused.output)
     assert sess.get_providers()[0] == "CPUExecutionProvider"
+    from onnxfuse.kernels import bridge
+
+    before = bridge.calls()
+    triton = onnxfuse.session(fused.output, backend="triton")
+    name = triton.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
+    np.testing.assert_allclose(triton.run(None, {name: x})[0], sess.run(None, {name: x})[0], rtol=1e-4, atol=1e-5)
+    assert bridge.calls() == before + 1

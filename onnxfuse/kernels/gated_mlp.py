@@ -6,6 +6,11 @@ the activation and the product in the epilogue and writes the intermediate H = a
 once, in the input's dtype. The second is a plain tiled GEMM, H @ W_down (+ B_down). Both are
 one kernel, :func:`_gemm_kernel`, specialised by the ``GATED`` constexpr.
 
+The kernels call only Triton builtins, none of ``triton.language.standard``'s own jitted
+helpers (``tl.sigmoid``, ``tl.cdiv``, ``tl.zeros``): those are decorated when ``triton`` is
+first imported, so in a process that imported it before ``TRITON_INTERPRET=1`` was set (the
+plugin's triton backend on CPU sets it late) they would not run under the interpreter.
+
 Under the Triton interpreter (``TRITON_INTERPRET=1``), bfloat16 arithmetic and ``tl.dot`` on
 bfloat16 operate on raw bits (triton issues #4972, #11584): the launcher then sets ``UPCAST``
 and the kernel converts loaded operands to float32 before any arithmetic. Compiled kernels
@@ -103,12 +108,12 @@ def interpreting() -> bool:
 @triton.jit
 def _activation(g, ACTIVATION: tl.constexpr):
     if ACTIVATION == 0:  # silu
-        return g * tl.sigmoid(g)
+        return g / (1.0 + tl.exp(-g))
     elif ACTIVATION == 1:  # gelu (erf)
         return 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
     else:  # gelu_tanh; tanh(z) = 2 * sigmoid(2z) - 1
         z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        return 0.5 * g * (1.0 + (2.0 * tl.sigmoid(2.0 * z) - 1.0))
+        return 0.5 * g * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0))
 
 
 @triton.jit
@@ -133,8 +138,8 @@ def _gemm_kernel(
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     # Grouped ordering: GROUP_M row tiles share their B tiles in L2.
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
     num_pid_in_group = GROUP_M * num_pid_n
     group_id = pid // num_pid_in_group
     first_pid_m = group_id * GROUP_M
@@ -145,7 +150,7 @@ def _gemm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # This program's slice of K, in whole BLOCK_K steps.
-    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_per_split = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K * BLOCK_K
     k_start = pid_k * k_per_split
     k_end = min(K, k_start + k_per_split)
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -155,8 +160,8 @@ def _gemm_kernel(
     b1_ptrs = b1_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
     b2_ptrs = b2_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
 
-    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
+    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         mask_k = (k0 - k_start + offs_k) < k_end
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
@@ -198,7 +203,7 @@ def _reduce_kernel(
     mask = offs < M * N
     m = offs // N
     n = offs % N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc = tl.full((BLOCK,), 0.0, dtype=tl.float32)
     for s in range(SPLIT_K):
         acc += tl.load(partial_ptr + s * stride_ps + m * stride_pm + n, mask=mask, other=0.0)
     if HAS_BIAS:

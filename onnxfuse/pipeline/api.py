@@ -36,9 +36,13 @@ def fuse(model: PathLike, output: PathLike, *, report: PathLike | None = None,
     return rewrite(RewriteConfig(Path(model), Path(output), Path(report) if report else None, force=force))
 
 
-def session(model: PathLike, *, device: str = "cpu", optimize: bool = True) -> Any:
-    """An ONNX Runtime session on ``device``, asserting the provider really is used."""
-    return sessions.session(model, device=device, optimize=optimize)
+def session(model: PathLike, *, device: str = "cpu", backend: str = "default",
+            optimize: bool = True) -> Any:
+    """An ONNX Runtime session on ``device`` whose fused nodes run on ``backend`` (``default``
+    or ``triton``: the plugin registered; ``none``: plain ORT, function bodies), asserting
+    that ORT really uses the device's provider."""
+    factory = sessions.plugin_options(backend, device)
+    return sessions.session(model, device=device, optimize=optimize, options=factory() if factory else None)
 
 
 def compare_models(original: PathLike, fused: PathLike, **options: Any) -> ParityResult:

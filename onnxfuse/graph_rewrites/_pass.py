@@ -177,7 +177,7 @@ def rewrite(config: RewriteConfig) -> RewriteResult:
     start = time.perf_counter()
     src = Path(config.input).expanduser().absolute()
     out = check_output(config.output, force=config.force, inputs=[src])
-    report = check_output(config.report, force=True, inputs=[src, out]) if config.report else None
+    report = check_output(config.report, force=config.force, inputs=[src, out]) if config.report else None
     model = _load(src)
     fused: list[FusedNode] = []
     skipped: list[_scan.NearMiss] = []

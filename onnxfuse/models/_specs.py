@@ -64,6 +64,14 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType({s.name: s for s in (
           num_key_value_heads=2, head_dim=16, hidden_activation="gelu_pytorch_tanh", **_TINY),
     _spec("tiny-phi3", "phi3", 2, 16, "tiny Phi-3: packed gate/up projection (one MatMul, then a split)",
           num_key_value_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2, **_TINY),
+    # Over protobuf's 2 GiB limit in float32 (2.21 GB): two decoder layers of Llama-3-8B's
+    # shape. vocab = d_ff, so no tensor is larger than one MLP weight (224 MiB), the tensor
+    # the rewrite's memory bound is stated in (benchmarks/large_model.py).
+    _spec("wide-2g", "llama", 2, 16,
+          "synthetic Llama over 2 GiB: 2 layers, d=4096, d_ff=14336, 32/8 heads, vocab 14336",
+          num_hidden_layers=2, hidden_size=4096, intermediate_size=14336,
+          num_attention_heads=32, num_key_value_heads=8, vocab_size=14336,
+          max_position_embeddings=256),
 )})
 
 

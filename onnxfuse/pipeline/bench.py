@@ -43,6 +43,7 @@ class BenchConfig:
     repeat: int = 10
     threads: int = 0
     torch: bool = True
+    force: bool = False  # replace an existing report
     report: Path | None = None
     session_options: Callable[[], Any] | None = None
     backends: tuple[str, ...] = ("default",)
@@ -76,7 +77,7 @@ def bench(config: BenchConfig) -> BenchResult:
 
     if not config.backends:
         raise UserError("bench needs at least one backend of the fused graph")
-    report = check_output(config.report, force=True, inputs=[config.original, config.fused]) if config.report else None
+    report = check_output(config.report, force=config.force, inputs=[config.original, config.fused]) if config.report else None
     original = sessions.model_info(config.original)
 
     def options(factory: Callable[[], Any] | None) -> Any:

@@ -141,7 +141,7 @@ def _run_parity(args: argparse.Namespace) -> int:
 
     result = parity(ParityConfig(
         original=Path(args.original), fused=Path(args.fused), device=args.device,
-        backend=args.backend, batch=args.batch, seq=args.seq, seed=args.seed,
+        backend=args.backend, batch=args.batch, seq=args.seq, seed=args.seed, force=args.force,
         rel_l2=dict(args.rel_l2), report=Path(args.json) if args.json else None,
     ))
     print(f"{'comparison':<34s} {'max_abs':>9s} {'max_rel':>9s} {'rel_l2':>9s} {'cosine':>9s} "
@@ -162,7 +162,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from onnxfuse.pipeline.bench import BenchConfig, bench
 
     result = bench(BenchConfig(
-        original=Path(args.original), fused=Path(args.fused), device=args.device,
+        original=Path(args.original), fused=Path(args.fused), device=args.device, force=args.force,
         batch=args.batch, seq=args.seq, warmup=args.warmup, repeat=args.repeat,
         threads=args.threads, torch=not args.no_torch, backends=args.backend,
         report=Path(args.json) if args.json else None,
@@ -251,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     # The arguments of the commands that compare an original and a fused model.
     pair = argparse.ArgumentParser(add_help=False)
+    pair.add_argument("--force", action="store_true", help="replace an existing --json report")
     pair.add_argument("original", metavar="ORIGINAL.onnx")
     pair.add_argument("fused", metavar="FUSED.onnx")
     pair.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

@@ -141,7 +141,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
               f"layer(s), {len(rw.skipped)} near miss(es), {rw.seconds:.2f}s", len(rw.fused) == (r.layers if part == "full" else 1))
         paths[part] = (onnx_path, fused)
         p = parity(ParityConfig(onnx_path, fused, backend=backend, report=out / f"parity-{part}.json",
-                                per_node=True))
+                                per_node=True, force=True))
         _annotate_parity(fused, p)
         worst_p = max(c.rel_l2 for c in p.outputs)
         worst_t = max((c.rel_l2 for c in p.torch), default=float("nan"))
@@ -156,7 +156,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
               f"{tri['kernel_calls']} kernel call(s), rel L2 vs original {tri['rel_l2']:.2e}", tri["passed"])
         data["triton"] = tri
     b = bench(BenchConfig(*paths["mlp"], batch=2, seq=1024 if config.model == "seed" else 64,
-                          repeat=config.bench_repeat, warmup=2, backends=(backend,)))
+                          repeat=config.bench_repeat, warmup=2, backends=(backend,), force=True))
     _step(summary, "bench mlp", f"fused [{backend}] / unfused speedup {b.speedup:.3f}", True)
     data["bench_mlp"] = b.as_dict()
     if config.model == "smollm2" or Path(config.model).suffix == ".gguf":

@@ -39,6 +39,7 @@ class ParityConfig:
             plugin with ``backend`` on ``device`` (:func:`sessions.plugin_options`).
         per_node: compare every fused node's output even when the outputs pass (on the
             first shape); on a failure this always happens.
+        force: replace an existing report.
     """
 
     original: Path
@@ -52,6 +53,7 @@ class ParityConfig:
     report: Path | None = None
     session_options: Callable[[], Any] | None = None
     per_node: bool = False
+    force: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,7 @@ def parity(config: ParityConfig) -> ParityResult:
     if [i[0] for i in original.inputs] != [i[0] for i in fused.inputs]:
         raise UserError(f"the models take different inputs: {[i[0] for i in original.inputs]} vs "
                         f"{[i[0] for i in fused.inputs]}")
-    report = check_output(config.report, force=True, inputs=[config.original, config.fused]) if config.report else None
+    report = check_output(config.report, force=config.force, inputs=[config.original, config.fused]) if config.report else None
     dtype = original.metadata.get("onnxfuse.dtype", "float32")
     factory = config.session_options or sessions.plugin_options(config.backend, config.device)
     options = factory() if factory else None

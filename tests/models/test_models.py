@@ -40,7 +40,7 @@ def test_missing_paths_are_user_errors(tmp_path) -> None:
         build(str(tmp_path))
 
 
-@pytest.mark.parametrize("name", [n for n in SPECS if n != "seed"])
+@pytest.mark.parametrize("name", [n for n in SPECS if n not in ("seed", "wide-2g")])
 def test_specs_build_and_run(name: str) -> None:
     ex = build(name)
     (logits,) = ex.module(*ex.example_inputs())

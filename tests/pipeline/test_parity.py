@@ -75,6 +75,6 @@ def test_triton_backend_passes_and_localises_a_fault(pair: tuple[Path, Path], tm
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
     bad = tmp_path / "bad.onnx"
     _plant_fault(fused, bad, "FusedGatedMLP_0")
-    proc = run_cli(["parity", str(original), str(bad), "--backend", "triton", "--json", str(tmp_path / "r.json")])
+    proc = run_cli(["parity", str(original), str(bad), "--backend", "triton", "--json", str(tmp_path / "bad.json")])
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert json.loads((tmp_path / "r.json").read_text())["first_divergent_node"] == "FusedGatedMLP_0"
+    assert json.loads((tmp_path / "bad.json").read_text())["first_divergent_node"] == "FusedGatedMLP_0"

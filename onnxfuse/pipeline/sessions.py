@@ -14,6 +14,7 @@ import onnx
 
 from onnxfuse import models, opset
 from onnxfuse.errors import InvalidModelError, UserError
+from onnxfuse.modelfile import read_model
 
 __all__ = ["BACKENDS", "ModelInfo", "make_inputs", "model_info", "plugin_options", "session"]
 
@@ -46,12 +47,7 @@ def model_info(path: str | os.PathLike[str]) -> ModelInfo:
         UserError: the file does not exist; InvalidModelError: it is not an ONNX model.
     """
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"model {p} does not exist")
-    try:
-        header = onnx.load(os.fspath(p), load_external_data=False)
-    except Exception as e:
-        raise InvalidModelError(f"cannot read {p} as an ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    header = read_model(p)
     inputs = tuple(
         (v.name, v.type.tensor_type.elem_type,
          tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim))
@@ -77,9 +73,9 @@ def session(path: str | os.PathLike[str], *, device: str = "cpu", optimize: bool
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.log_severity_level = 3
+    model = read_model(path)  # checked before ORT opens anything
     source: Any = os.fspath(path)
     if extra_outputs:
-        model = onnx.load(os.fspath(path), load_external_data=False)
         known = {o.name for o in model.graph.output}
         for name in extra_outputs:
             if name not in known:

@@ -43,7 +43,7 @@ _EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
 _ORT_MEMORY_MARKER = "_ORT_MEM_ADDR_"
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _KNOWN_DTYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
-_SUB_BYTE_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
+_SUB_BYTE_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
                   TensorProto.INT2: 2, TensorProto.UINT2: 2,
                   TensorProto.FLOAT6E2M3: 6, TensorProto.FLOAT6E3M2: 6}
 _DEFAULT_DOMAINS = ("", "ai.onnx")

@@ -10,7 +10,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onnxfuse.errors import InvalidModelError, ModelNotFoundError, UnsupportedError
 from onnxfuse.models._gguf import check_gguf_structure
@@ -146,12 +146,13 @@ def load_pretrained(source: str | os.PathLike[str]) -> torch.nn.Module:
 
     try:
         _check_parameter_count(path, transformers.AutoConfig.from_pretrained(where, **kwargs), stored)
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        loaded: Any = transformers.AutoModelForCausalLM.from_pretrained(
             where, dtype=torch.float32, attn_implementation="eager", output_loading_info=True,
             **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidModelError(f"transformers cannot load {path}: {first}") from e
+    model, info = loaded
     if info["missing_keys"]:
         # transformers would initialise them at random: never export a model the checkpoint
         # does not hold.

@@ -12,9 +12,10 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from onnxfuse import opset
-from onnxfuse.errors import InvalidModelError, RewriteError, UserError
+from onnxfuse.errors import InvalidModelError, RewriteError
 from onnxfuse.fileio import check_output, staged_outputs
 from onnxfuse.graph_rewrites import _rules, _safety, _scan
+from onnxfuse.modelfile import read_model
 
 __all__ = ["FusedNode", "RewriteConfig", "RewriteResult", "fuse_model", "rewrite", "unfuse_model"]
 
@@ -158,13 +159,16 @@ def unfuse_model(model: ir.Model) -> int:
 
 
 def _load(path: Path) -> ir.Model:
-    if not path.is_file():
-        raise UserError(f"model {path} does not exist")
+    # The checked proto itself is deserialized (not the file read again, as ir.load would):
+    # what was checked is what is rewritten.
+    proto = read_model(path)
     try:
-        return ir.load(path)
+        model = ir.serde.deserialize_model(proto)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InvalidModelError(f"cannot read {path} as an ONNX model: {first}") from None
+    ir.external_data.set_base_dir(model.graph, path.parent)
+    return model
 
 
 def rewrite(config: RewriteConfig) -> RewriteResult:

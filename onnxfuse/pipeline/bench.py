@@ -89,13 +89,13 @@ def bench(config: BenchConfig) -> BenchResult:
     feeds, source = sessions.make_inputs(original, config.batch, config.seq)
     runs: dict[str, Callable[[], object]] = {}
     unfused = sessions.session(config.original, device=config.device, optimize=True, options=options(None))
-    runs["unfused"] = lambda: unfused.run(None, feeds)
+    runs["unfused"] = lambda: sessions.run(unfused, feeds, config.original)
     for backend in dict.fromkeys(config.backends):
         factory = sessions.plugin_options(backend, config.device)
         if factory and config.session_options:
             factory = config.session_options
         fused = sessions.session(config.fused, device=config.device, optimize=True, options=options(factory))
-        runs[f"fused[{backend}]"] = functools.partial(fused.run, None, feeds)
+        runs[f"fused[{backend}]"] = functools.partial(sessions.run, fused, feeds, config.fused)
     if config.torch and source is not None:
         import torch
 

@@ -110,8 +110,8 @@ def parity(config: ParityConfig) -> ParityResult:
         log.info("parity on batch=%d seq=%d", batch, seq)
         feeds, source = sessions.make_inputs(original, batch, seq, config.seed)
         first_feeds = first_feeds or feeds
-        want = ref_sess.run(None, feeds)
-        got = fused_sess.run(None, feeds)
+        want = sessions.run(ref_sess, feeds, config.original)
+        got = sessions.run(fused_sess, feeds, config.fused)
         for name, g, w in zip(original.outputs, got, want, strict=True):
             c = compare(f"{name}@{batch}x{seq}", g, w, limit=_limit(dtype, name, config.rel_l2, config.device))
             outputs.append(c)
@@ -143,8 +143,8 @@ def _localise(config: ParityConfig, original: sessions.ModelInfo, fused: session
     names = list(fused.fused_outputs)
     ref = sessions.session(config.original, device=config.device, extra_outputs=names)
     new = sessions.session(config.fused, device=config.device, extra_outputs=names, options=options)
-    want = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, feeds), strict=True))
-    got = dict(zip([o.name for o in new.get_outputs()], new.run(None, feeds), strict=True))
+    want = dict(zip([o.name for o in ref.get_outputs()], sessions.run(ref, feeds, config.original), strict=True))
+    got = dict(zip([o.name for o in new.get_outputs()], sessions.run(new, feeds, config.fused), strict=True))
     limit = _limit(dtype, "", {}, config.device)
     rows = [compare(node, got[value], want[value], limit=limit)
             for node, value in zip(fused.fused_nodes, names, strict=True)]

@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 
 from onnxfuse import models, opset
-from onnxfuse.errors import InvalidModelError, UserError
+from onnxfuse.errors import InvalidModelError, UnsupportedError, UserError
+from onnxfuse.modelfile import read_model
 
-__all__ = ["BACKENDS", "ModelInfo", "make_inputs", "model_info", "plugin_options", "session"]
+__all__ = ["BACKENDS", "ModelInfo", "make_inputs", "model_info", "plugin_options", "run", "session"]
 
 DEVICES = ("cpu", "cuda")
 # The fused graph's backends: plain ORT (function bodies), the plugin's default, its triton bridge.
@@ -46,12 +47,7 @@ def model_info(path: str | os.PathLike[str]) -> ModelInfo:
         UserError: the file does not exist; InvalidModelError: it is not an ONNX model.
     """
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"model {p} does not exist")
-    try:
-        header = onnx.load(os.fspath(p), load_external_data=False)
-    except Exception as e:
-        raise InvalidModelError(f"cannot read {p} as an ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    header = read_model(p)
     inputs = tuple(
         (v.name, v.type.tensor_type.elem_type,
          tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim))
@@ -76,10 +72,10 @@ def session(path: str | os.PathLike[str], *, device: str = "cpu", optimize: bool
     so = options or ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: ORT's errors come back as exceptions, in one line
+    model = read_model(path)  # checked before ORT opens anything
     source: Any = os.fspath(path)
     if extra_outputs:
-        model = onnx.load(os.fspath(path), load_external_data=False)
         known = {o.name for o in model.graph.output}
         for name in extra_outputs:
             if name not in known:
@@ -118,6 +114,24 @@ def plugin_options(backend: str, device: str = "cpu") -> Callable[[], Any] | Non
     return functools.partial(ortlib.session_options, backend=backend, device=device)
 
 
+def run(sess: Any, feeds: dict[str, np.ndarray], path: str | os.PathLike[str]) -> list[Any]:
+    """``sess.run(None, feeds)``; a model that loads but that ONNX Runtime cannot run on
+    these inputs (a shape that cannot be, an allocation it refuses, inputs another model's
+    feeds do not match) is the model's fault.
+
+    Raises:
+        InvalidModelError: ONNX Runtime failed; the message has its first line.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    try:
+        return sess.run(None, feeds)  # type: ignore[no-any-return]
+    except (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException,
+            ort_state.NotImplemented, ValueError) as e:  # ValueError: feeds that do not match
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InvalidModelError(f"ONNX Runtime cannot run {path}: {first[:300]}") from None
+
+
 def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[dict[str, np.ndarray], Any]:
     """Inputs for ``info``'s model and, when the model records its source, the torch module
     that produced it (else ``None``): the exporter's own seeded inputs, or random ones."""
@@ -131,6 +145,9 @@ def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[d
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, elem, dims in info.inputs:
+        if elem in (0, onnx.TensorProto.STRING):  # 0: a sequence, map or optional input
+            raise UnsupportedError(f"input {name!r} of {info.path} is not a numeric tensor: "
+                                   "parity and bench feed numeric tensors only")
         shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else seq if i == 1 else 1)
                  for i, d in enumerate(dims)]
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)

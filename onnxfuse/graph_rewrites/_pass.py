@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import pattern
 
 from onnxfuse import opset
 from onnxfuse.errors import InvalidModelError, RewriteError, UserError
@@ -21,6 +23,18 @@ __all__ = ["FusedNode", "RewriteConfig", "RewriteResult", "fuse_model", "rewrite
 log = logging.getLogger(__name__)
 
 _META_PREFIX = "onnxfuse."
+
+_per_thread = threading.local()
+
+
+def _rule_set() -> pattern.RewriteRuleSet:
+    """The rule set, built once per thread. Building it (every commuted variant) took 0.6 s
+    and applying it to a three-layer test MLP 3 ms, so rebuilding it per call dominated every
+    rewrite after the first. Its matchers keep per-match state: threads do not share one."""
+    rules: pattern.RewriteRuleSet | None = getattr(_per_thread, "rules", None)
+    if rules is None:
+        rules = _per_thread.rules = _rules.all_rules()
+    return rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +148,7 @@ def _is_fused(node: ir.Node) -> bool:
 def fuse_model(model: ir.Model) -> tuple[list[FusedNode], list[_scan.NearMiss]]:
     """Fuse in place; return the new fused nodes and the unfused near misses."""
     before = {id(n) for n in model.graph if _is_fused(n)}
-    count = _rules.all_rules().apply_to_model(model)
+    count = _rule_set().apply_to_model(model)
     fused = []
     if count:
         model.opset_imports[opset.DOMAIN] = opset.VERSION

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import pattern
 
 from onnxfuse import opset
 from onnxfuse.errors import InvalidModelError, RewriteError
@@ -22,6 +24,18 @@ __all__ = ["FusedNode", "RewriteConfig", "RewriteResult", "fuse_model", "rewrite
 log = logging.getLogger(__name__)
 
 _META_PREFIX = "onnxfuse."
+
+_per_thread = threading.local()
+
+
+def _rule_set() -> pattern.RewriteRuleSet:
+    """The rule set, built once per thread. Building it (every commuted variant) took 0.6 s
+    and applying it to a three-layer test MLP 3 ms, so rebuilding it per call dominated every
+    rewrite after the first. Its matchers keep per-match state: threads do not share one."""
+    rules: pattern.RewriteRuleSet | None = getattr(_per_thread, "rules", None)
+    if rules is None:
+        rules = _per_thread.rules = _rules.all_rules()
+    return rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,11 +123,11 @@ def _annotate(model: ir.Model, node: ir.Node, index: int) -> FusedNode:
         f"{_META_PREFIX}rule": rule, f"{_META_PREFIX}replaced": ",".join(replaced),
         f"{_META_PREFIX}d": str(d), f"{_META_PREFIX}d_ff": str(d_ff),
     })
+    # Y has the type of W_gate (check_candidate knew it) and the shape of X, where known.
     x, y = node.inputs[0], node.outputs[0]
-    if x is not None:
-        y.dtype = y.dtype or x.dtype or (node.inputs[1].dtype if node.inputs[1] else None)
-        if y.shape is None and x.shape is not None:
-            y.shape = x.shape
+    y.dtype = y.dtype or _safety.element_type(node.inputs[1])
+    if x is not None and y.shape is None and x.shape is not None:
+        y.shape = x.shape
     return FusedNode(node.name, rule, activation, int(d), int(d_ff), biased, replaced)
 
 
@@ -132,10 +146,34 @@ def _is_fused(node: ir.Node) -> bool:
     return node.domain == opset.DOMAIN and node.op_type == opset.OP_TYPE
 
 
+def _used(graph: ir.Graph) -> tuple[set[int], set[str]]:
+    """Ids of the nodes and names of the initializers something reads (or a graph output)."""
+    outputs = frozenset(graph.outputs)
+    nodes = {id(n) for n in graph if any(o in outputs or o.uses() for o in n.outputs)}
+    return nodes, {name for name, v in graph.initializers.items() if v.uses() or v in outputs}
+
+
+def _remove_left_dead(graph: ir.Graph, used_before: tuple[set[int], set[str]]) -> None:
+    """Remove what only the fused subgraphs read (Constant or Transpose nodes of Gemm weights,
+    which the fused node reads re-stored; scalars of decomposed activations, now in the
+    function body), and nothing else: dead code and unused optional outputs that were in the
+    model before stay as they were (onnx_ir's RemoveUnusedNodesPass would also remove those)."""
+    nodes, initializers = used_before
+    outputs = frozenset(graph.outputs)
+    for node in reversed(graph):
+        if id(node) in nodes and not any(o in outputs or o.uses() for o in node.outputs):
+            graph.remove(node, safe=True)
+    for name in initializers:
+        value = graph.initializers.get(name)
+        if value is not None and not (value.uses() or value in outputs or value.is_graph_input()):
+            del graph.initializers[name]
+
+
 def fuse_model(model: ir.Model) -> tuple[list[FusedNode], list[_scan.NearMiss]]:
     """Fuse in place; return the new fused nodes and the unfused near misses."""
     before = {id(n) for n in model.graph if _is_fused(n)}
-    count = _rules.all_rules().apply_to_model(model)
+    used_before = _used(model.graph)
+    count = _rule_set().apply_to_model(model)
     fused = []
     if count:
         model.opset_imports[opset.DOMAIN] = opset.VERSION
@@ -143,7 +181,7 @@ def fuse_model(model: ir.Model) -> tuple[list[FusedNode], list[_scan.NearMiss]]:
         for node in model.graph:
             if _is_fused(node) and id(node) not in before:
                 fused.append(_annotate(model, node, existing + len(fused)))
-        common_passes.RemoveUnusedNodesPass()(model)
+        _remove_left_dead(model.graph, used_before)
     _strip_function_value_info(model)
     return fused, _scan.scan(model.graph)
 

@@ -8,6 +8,7 @@ safe to fuse, shared with the near-miss report.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,12 @@ def _silu_mul(op: Any, g: Any) -> Any:
 
 def _swish(op: Any, g: Any) -> Any:
     return op.Swish(g, alpha=1.0)
+
+
+def _swish_default(op: Any, g: Any) -> Any:
+    # No attribute: alpha defaults to 1.0, a silu. Refuse any other attribute, or this would
+    # also match Swish(alpha=2.0).
+    return op.Swish(g, _allow_other_attributes=False)
 
 
 def _quick_gelu(op: Any, g: Any) -> Any:
@@ -64,12 +71,13 @@ def _gelu_tanh(op: Any, g: Any) -> Any:
 
 # form name -> (pattern builder, activation attribute of the fused op). The op that marks
 # each form (its "key op") lets the dispatcher try only that form's rules at a candidate.
-_KEY_OPS = {"silu": "Sigmoid", "swish": "Swish", "quick_gelu": "QuickGelu", "gelu": "Gelu",
+_KEY_OPS = {"silu": "Sigmoid", "swish": "Swish", "swish_default": "Swish", "quick_gelu": "QuickGelu", "gelu": "Gelu",
             "gelu_default": "Gelu", "gelu_tanh": "Gelu", "gelu_erf_decomposed": "Erf",
             "gelu_tanh_decomposed": "Tanh"}
 ACTIVATION_FORMS: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
     "silu": (_silu_mul, "silu"),
     "swish": (_swish, "silu"),
+    "swish_default": (_swish_default, "silu"),
     "quick_gelu": (_quick_gelu, "silu"),
     "gelu": (_gelu_op, "gelu"),
     "gelu_default": (_gelu_op_default, "gelu"),
@@ -124,9 +132,6 @@ class GatedMLPFusion(pattern.RewriteRuleClassBase):
             for node in context.nodes:
                 if node.op_type == "Gemm" and not _safety.gemm_attributes_ok(node):
                     return result.fail("a Gemm is not alpha=beta=1, transA=0, transB=1", node)
-            for w in (w_gate, w_up, w_down):
-                if w.const_value is None:
-                    return result.fail(f"{w.name} is not an initializer or Constant", w)
         reason = _safety.check_candidate(
             x, w_gate, w_up, w_down, (b_gate, b_up, b_down) if self.biased else None,
             gemm=self.gemm,
@@ -146,7 +151,8 @@ class GatedMLPFusion(pattern.RewriteRuleClassBase):
 
 
 def _transposed(op: Any, w: ir.Value) -> ir.Value:
-    """A new initializer holding ``w`` transposed (the original goes).
+    """An initializer holding ``w`` transposed: the only copy (the original goes), shared by
+    every fused node that reads ``w`` (tied weights).
 
     Lazy: the transpose is computed when the model is saved, one weight at a time, and the
     source's memory map is released right after, so a rewrite holds at most one weight and
@@ -156,19 +162,33 @@ def _transposed(op: Any, w: ir.Value) -> ir.Value:
     import numpy as np
 
     tensor = w.const_value
-    if tensor is None:  # a Transpose of a constant: check_candidate accepted it
+    if tensor is None:  # check_candidate refuses a Gemm weight with no constant value
         raise ValueError(f"{w.name} has no constant value to transpose")
-    name = f"{w.name}{TRANSPOSED_SUFFIX}"
+    base = name = f"{w.name}{TRANSPOSED_SUFFIX}"
+    initializers = w.graph.initializers if w.graph is not None else {}
+    for i in itertools.count(1):
+        existing = initializers.get(name)
+        if existing is None:
+            break
+        if existing.meta.get(_TRANSPOSED_FROM) is w:
+            return existing
+        name = f"{base}_{i}"  # a model's own initializer of that name: not ours
+    final = name
 
     def transpose() -> ir.TensorProtocol:
         data = np.ascontiguousarray(tensor.numpy().T)
         if isinstance(tensor, ir.ExternalTensor):
             tensor.release()  # its mapped pages would stay resident
-        return ir.tensor(data, dtype=tensor.dtype, name=name)
+        return ir.tensor(data, dtype=tensor.dtype, name=final)
 
     lazy = ir.LazyTensor(transpose, dtype=tensor.dtype, shape=ir.Shape(tuple(reversed(tensor.shape))),
                          name=name)
-    return op.initializer(lazy, name=name)
+    value: ir.Value = op.initializer(lazy, name=name)
+    value.meta[_TRANSPOSED_FROM] = w
+    return value
+
+
+_TRANSPOSED_FROM = "onnxfuse.transposed_from"
 
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"

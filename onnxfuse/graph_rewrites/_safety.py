@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-__all__ = ["Reason", "check_candidate", "constant_shape", "gemm_attributes_ok", "is_constant"]
+__all__ = ["Reason", "check_candidate", "constant_shape", "element_type", "gemm_attributes_ok",
+           "is_constant"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +61,24 @@ def constant_shape(value: ir.Value) -> tuple[int, ...] | None:
     return _producer_chain_constant(value)[1]
 
 
-def _dtype(value: ir.Value | None) -> ir.DataType | None:
+def element_type(value: ir.Value | None) -> ir.DataType | None:
+    """The element type of ``value``, from its annotation, its constant, or the constant it
+    is a Transpose of; ``None`` if unknown."""
     if value is None:
         return None
     if value.dtype is not None:
         return value.dtype
     if value.const_value is not None:
         return value.const_value.dtype
-    return None
+    # Without shape inference a Transpose of a weight (or a Constant) has no type annotation:
+    # read it from the source, as _producer_chain_constant reads the shape.
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Transpose":
+        return element_type(node.inputs[0]) if node.inputs else None
+    attr = node.attributes.get("value") if node.op_type == "Constant" else None
+    return attr.as_tensor().dtype if attr is not None else None
 
 
 def gemm_attributes_ok(node: ir.Node) -> bool:
@@ -92,6 +103,15 @@ def check_candidate(x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Va
         ok, shape = _producer_chain_constant(w)
         if not ok:
             return Reason(f"{role} ({w.name}) is not a constant weight", (w,))
+        # A Gemm fusion stores each weight transposed at rewrite time: it needs the value
+        # itself, and one no caller can replace (an initializer that is also a graph input
+        # can be fed another value; the copy would silently ignore it).
+        if gemm and w.const_value is None:
+            return Reason(f"{role} ({w.name}) is not an initializer or Constant: a Gemm fusion "
+                          "stores it transposed", (w,))
+        if gemm and w.is_graph_input():
+            return Reason(f"{role} ({w.name}) is also a graph input, so a caller may override it: "
+                          "a Gemm fusion would store a transposed copy", (w,))
         if shape is None or len(shape) != 2:
             return Reason(f"{role} ({w.name}) is not 2-D with a static shape: {shape}", (w,))
         shapes[role] = tuple(reversed(shape)) if gemm else shape
@@ -105,9 +125,9 @@ def check_candidate(x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Va
     x_dims = x.shape
     if x_dims is not None and len(x_dims) >= 1 and isinstance(x_dims[-1], int) and x_dims[-1] != d:
         return Reason(f"input {x.name} has last dim {x_dims[-1]}, the weights need {d}", (x,))
-    dtypes = {role: _dtype(v) for role, v in weights.items()}
-    if _dtype(x) is not None:
-        dtypes["X"] = _dtype(x)
+    dtypes = {role: element_type(v) for role, v in weights.items()}
+    if element_type(x) is not None:
+        dtypes["X"] = element_type(x)
     if biases is not None:
         for role, b, size in zip(("B_gate", "B_up", "B_down"), biases, (d_ff, d_ff, d), strict=True):
             if b is None:
@@ -116,7 +136,7 @@ def check_candidate(x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Va
                 return Reason(f"{role} ({b.name}) is not a constant", (b,))
             if constant_shape(b) != (size,):
                 return Reason(f"{role} ({b.name}) has shape {constant_shape(b)}, need ({size},)", (b,))
-            dtypes[role] = _dtype(b)
+            dtypes[role] = element_type(b)
     if None in dtypes.values() or len(set(dtypes.values())) != 1:
         text = ", ".join(f"{k} {v.name if v is not None else '?'}" for k, v in dtypes.items())
         return Reason(f"element types disagree or are unknown: {text}", (x,))

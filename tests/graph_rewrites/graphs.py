@@ -10,8 +10,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 D, D_FF = 8, 12
-ACT_FORMS = ("silu", "silu_rev", "swish", "quick_gelu", "gelu", "gelu_tanh", "gelu_erf_dec",
-             "gelu_tanh_dec", "tanh", "sigmoid_only", "swish_alpha2", "quick_gelu_1702", "relu")
+ACT_FORMS = ("silu", "silu_rev", "swish", "swish_default", "quick_gelu", "gelu", "gelu_none",
+             "gelu_tanh", "gelu_erf_dec", "gelu_tanh_dec", "tanh", "sigmoid_only", "swish_alpha2",
+             "quick_gelu_1702", "relu", "none")
 
 
 class Builder:
@@ -60,6 +61,8 @@ def activation(b: Builder, g: str, form: str) -> str:
         return b.op("Mul", [b.op("Sigmoid", [g]), g])
     if form == "swish":
         return b.op("Swish", [g], alpha=1.0)
+    if form == "swish_default":  # no attribute: alpha defaults to 1.0, a silu
+        return b.op("Swish", [g])
     if form == "swish_alpha2":
         return b.op("Swish", [g], alpha=2.0)
     if form == "quick_gelu":
@@ -68,6 +71,8 @@ def activation(b: Builder, g: str, form: str) -> str:
         return b.op("QuickGelu", [g], domain="com.microsoft", alpha=1.702)
     if form == "gelu":
         return b.op("Gelu", [g])
+    if form == "gelu_none":
+        return b.op("Gelu", [g], approximate="none")
     if form == "gelu_tanh":
         return b.op("Gelu", [g], approximate="tanh")
     if form == "gelu_erf_dec":
@@ -85,6 +90,8 @@ def activation(b: Builder, g: str, form: str) -> str:
         return b.op("Sigmoid", [g])
     if form == "relu":
         return b.op("Relu", [g])
+    if form == "none":  # a bilinear layer: no activation at all
+        return g
     raise ValueError(form)
 
 

@@ -45,8 +45,10 @@ FUSING = [
     dict(form="silu", weights="constant"),
     dict(form="silu", weights="transpose"),
     dict(form="swish", opset=24),
+    dict(form="swish_default", opset=24),
     dict(form="quick_gelu"),
     dict(form="gelu"),
+    dict(form="gelu_none"),
     dict(form="gelu_tanh"),
     dict(form="gelu_erf_dec", opset=18),
     dict(form="gelu_tanh_dec", opset=18),
@@ -56,9 +58,9 @@ FUSING = [
     dict(form="silu", gemm_alpha=1.0),
     dict(form="gelu_tanh", gemm_alpha=1.0, biased=True),
 ]
-ACTIVATION = {"silu": "silu", "silu_rev": "silu", "swish": "silu", "quick_gelu": "silu",
-              "gelu": "gelu", "gelu_erf_dec": "gelu", "gelu_tanh": "gelu_tanh",
-              "gelu_tanh_dec": "gelu_tanh"}
+ACTIVATION = {"silu": "silu", "silu_rev": "silu", "swish": "silu", "swish_default": "silu",
+              "quick_gelu": "silu", "gelu": "gelu", "gelu_none": "gelu", "gelu_erf_dec": "gelu",
+              "gelu_tanh": "gelu_tanh", "gelu_tanh_dec": "gelu_tanh"}
 
 
 @pytest.mark.parametrize("kw", FUSING, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))

@@ -128,7 +128,7 @@ def test_cli_rewrite_report_and_errors(tiny_pair: tuple[Path, Path], tmp_path: P
     for args, needle in [
         ([str(tmp_path / "missing.onnx"), "-o", "x.onnx"], "does not exist"),
         ([str(src), "-o", str(src)], "also an input"),
-        ([str(tmp_path / "r.json"), "-o", "y.onnx"], "cannot read"),
+        ([str(tmp_path / "r.json"), "-o", "y.onnx"], "is not an ONNX model"),
         ([str(src), "-o", "f.onnx"], "--force"),
     ]:
         bad = run_cli(["rewrite", *args], cwd=tmp_path)

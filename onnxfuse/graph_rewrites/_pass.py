@@ -14,7 +14,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
 
 from onnxfuse import opset
-from onnxfuse.errors import InvalidModelError, RewriteError
+from onnxfuse.errors import InvalidModelError, RewriteError, UnsupportedError
 from onnxfuse.fileio import check_output, staged_outputs
 from onnxfuse.graph_rewrites import _rules, _safety, _scan
 from onnxfuse.modelfile import read_model
@@ -102,9 +102,21 @@ def _untranspose_function(function: ir.Function) -> None:
         function.remove(node, safe=True)
 
 
+def _import_opsets(model: ir.Model, function: ir.Function) -> None:
+    """Give the function body an import of every domain its nodes use. onnxscript copies the
+    model's imports under the nodes' own domain names: a model that imports the ONNX opset
+    as "ai.onnx" (an alias of "") left the body's "" nodes with none (an invalid model)."""
+    aliases = {"": "ai.onnx", "ai.onnx": ""}
+    for domain in {n.domain for n in function}:
+        version = model.opset_imports.get(domain, model.opset_imports.get(aliases.get(domain, domain)))
+        if domain not in function.opset_imports and version is not None:
+            function.opset_imports[domain] = version
+
+
 def _annotate(model: ir.Model, node: ir.Node, index: int) -> FusedNode:
     """Name, document and annotate a fresh fused node; return its report entry."""
     function = model.functions[(node.domain, node.op_type, node.overload)]
+    _import_opsets(model, function)
     replaced = tuple(n.name or n.op_type for n in function if n.op_type != "Constant")
     _untranspose_function(function)
     rule = node.metadata_props.pop(_rules.RULE_TAG, "FusedGatedMLP")
@@ -170,7 +182,17 @@ def _remove_left_dead(graph: ir.Graph, used_before: tuple[set[int], set[str]]) -
 
 
 def fuse_model(model: ir.Model) -> tuple[list[FusedNode], list[_scan.NearMiss]]:
-    """Fuse in place; return the new fused nodes and the unfused near misses."""
+    """Fuse in place; return the new fused nodes and the unfused near misses.
+
+    Raises:
+        UnsupportedError: the model imports another version of the onnxfuse opset.
+    """
+    for owner in (model, *model.functions.values()):
+        version = owner.opset_imports.get(opset.DOMAIN, opset.VERSION)
+        if version != opset.VERSION:
+            raise UnsupportedError(
+                f"the model imports the {opset.DOMAIN} opset version {version}; this onnxfuse "
+                f"writes version {opset.VERSION}: rewrite the original model, or upgrade onnxfuse")
     before = {id(n) for n in model.graph if _is_fused(n)}
     used_before = _used(model.graph)
     count = _rule_set().apply_to_model(model)
@@ -203,6 +225,8 @@ def _load(path: Path) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:
+        while e.__cause__ is not None:  # onnx_ir wraps the reason in "Error calling ..."
+            e = e.__cause__  # type: ignore[assignment]
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InvalidModelError(f"cannot read {path} as an ONNX model: {first}") from None
     ir.external_data.set_base_dir(model.graph, path.parent)

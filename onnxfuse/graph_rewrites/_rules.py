@@ -128,6 +128,12 @@ class GatedMLPFusion(pattern.RewriteRuleClassBase):
               b_gate: ir.Value | None = None, b_up: ir.Value | None = None,
               b_down: ir.Value | None = None, **_: Any) -> Any:
         result = pattern.MatchResult()
+        for node in context.nodes:
+            # None of the matched ops has a subgraph; a (malformed) node with one cannot be
+            # copied into the function body.
+            if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+                   for a in node.attributes.values()):
+                return result.fail(f"{node.op_type} node {node.name} has a subgraph attribute", node)
         if self.gemm:
             for node in context.nodes:
                 if node.op_type == "Gemm" and not _safety.gemm_attributes_ok(node):
@@ -205,7 +211,7 @@ def _product_of(node: ir.Node) -> ir.Node | None:
             if producer is not None and producer.op_type == "MatMul":
                 return _product_of(producer)
         return None
-    if node.op_type not in ("MatMul", "Gemm") or node.inputs[0] is None:
+    if node.op_type not in ("MatMul", "Gemm") or not node.inputs or node.inputs[0] is None:
         return None
     producer = node.inputs[0].producer()
     return producer if producer is not None and producer.op_type == "Mul" else None

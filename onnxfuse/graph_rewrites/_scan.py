@@ -47,6 +47,8 @@ def backward_slice(value: ir.Value, limit: int = 32) -> tuple[list[ir.Node], lis
         if node is None or node in interior or node in roots:
             continue
         if node.op_type in ("MatMul", "Gemm") or node.op_type in _SPLITTERS:
+            if not _standard(node, 1 if node.op_type in _SPLITTERS else 2):
+                return interior, []
             roots.append(node)
             continue
         if node.op_type not in _ELEMENTWISE:
@@ -54,6 +56,13 @@ def backward_slice(value: ir.Value, limit: int = 32) -> tuple[list[ir.Node], lis
         interior.append(node)
         stack.extend(v for v in node.inputs if v is not None and not _safety.is_constant(v))
     return interior, roots
+
+
+def _standard(node: ir.Node, inputs: int) -> bool:
+    """An ONNX-domain node with at least ``inputs`` inputs, the first present (a same-named
+    op of another domain, or a malformed node, is no projection)."""
+    return (node.domain in ("", "ai.onnx") and len(node.inputs) >= inputs
+            and node.inputs[0] is not None)
 
 
 def _name(node: ir.Node) -> str:
@@ -122,10 +131,10 @@ def scan(graph: ir.Graph) -> list[NearMiss]:
     """Every unfused gated-MLP candidate in ``graph`` with the reason it was left alone."""
     found = []
     for down in graph:
-        if down.op_type not in ("MatMul", "Gemm") or down.inputs[0] is None:
+        if down.op_type not in ("MatMul", "Gemm") or not _standard(down, 2):
             continue
-        mul = down.inputs[0].producer()
-        if mul is None or mul.op_type != "Mul" or len(mul.inputs) != 2 or None in mul.inputs:
+        mul = down.inputs[0].producer()  # type: ignore[union-attr]
+        if mul is None or mul.op_type != "Mul" or not _standard(mul, 2) or None in mul.inputs:
             continue
         sides, side_roots = zip(*(backward_slice(v) for v in mul.inputs), strict=True)  # type: ignore[arg-type]
         if any(len(r) != 1 for r in side_roots):

@@ -24,10 +24,10 @@ def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     steps = {s["step"]: s for s in report["summary"]}
     for step in ("export full", "rewrite full", "parity full", "export mlp", "rewrite mlp",
-                 "parity mlp", "triton kernel", "bench mlp"):
+                 "parity mlp", "triton backend", "bench mlp"):
         assert steps[step]["ok"], steps[step]
     assert report["triton"]["mode"] == "interpreter" and report["triton"]["passed"]
-    assert "report:" in proc.stdout and "triton kernel" in proc.stdout
+    assert "report:" in proc.stdout and "triton backend" in proc.stdout
     # Fused nodes carry their parity figures (Netron shows node metadata).
     import onnx
 

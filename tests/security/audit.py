@@ -51,6 +51,16 @@ def code_roots() -> tuple[str, ...]:
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
              *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
              os.path.dirname(onnxfuse.__file__)}
+    # onnxfuse's own metadata (its version): an editable install keeps it beside the package,
+    # e.g. ./onnxfuse.egg-info in a fresh clone, outside site-packages.
+    try:
+        import importlib.metadata
+
+        meta = getattr(importlib.metadata.distribution("onnxfuse"), "_path", None)
+        if meta is not None:
+            roots.add(os.fspath(meta))
+    except importlib.metadata.PackageNotFoundError:
+        pass
     return tuple(sorted({os.path.realpath(r) for r in roots}))
 
 

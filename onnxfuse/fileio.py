@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,11 @@ def model_files(path: str | os.PathLike[str]) -> tuple[Path, ...]:
     A file that is not an ONNX model gives ``(path,)``: its reader reports that error."""
     model_path = Path(path).expanduser().absolute()
     try:
+        # Read only a regular file protobuf can parse: a FIFO would block and /dev/zero fill
+        # memory before the model's reader (which refuses both) ever ran.
+        st = model_path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size >= 2**31:
+            return (model_path,)
         model = onnx.load(os.fspath(model_path), load_external_data=False)
     except Exception:
         return (model_path,)

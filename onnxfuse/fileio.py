@@ -24,7 +24,6 @@ from onnxfuse.errors import OutputError
 __all__ = ["check_output", "model_files", "staged_outputs"]
 
 # Every .onnx output has its weights beside it in OUT.onnx.data.
-_MAX_PROTO_BYTES = 2**31  # protobuf's own limit: a larger .onnx cannot be a model
 _DATA_SUFFIX = ".data"
 
 
@@ -34,10 +33,10 @@ def model_files(path: str | os.PathLike[str]) -> tuple[Path, ...]:
     A file that is not an ONNX model gives ``(path,)``: its reader reports that error."""
     model_path = Path(path).expanduser().absolute()
     try:
-        st = os.stat(model_path)
-        # Never read a device, FIFO or oversized file (a symlink to /dev/zero would be read
-        # forever): its reader refuses it with a clear error.
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_PROTO_BYTES:
+        # Read only a regular file protobuf can parse: a FIFO would block and /dev/zero fill
+        # memory before the model's reader (which refuses both) ever ran.
+        st = model_path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size >= 2**31:
             return (model_path,)
         model = onnx.load(os.fspath(model_path), load_external_data=False)
     except Exception:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxfuse.errors import InvalidModelError, ModelNotFoundError
@@ -236,6 +237,9 @@ class _Checker:
     def functions(self) -> None:
         keys: dict[tuple[str, str, str], onnx.FunctionProto] = {}
         for f in self.model.functions:
+            if f.domain in _DEFAULT_DOMAINS:  # onnx_ir writes it back with no domain at all
+                raise self.fail(f"function {_show(f.name)} is in the ONNX domain {f.domain!r}, "
+                                "which is for standard operators", "give it a domain of its own")
             key = (f.domain, f.name, f.overload)
             if key in keys:
                 raise self.fail(f"function {_show(f.domain + '::' + f.name)} is defined twice",
@@ -309,17 +313,39 @@ class _Checker:
             if any(d.HasField("dim_value") and d.dim_value < 0 for d in tt.shape.dim):
                 raise self.fail(f"value {_show(v.name)} has a negative dimension",
                                 "fix its shape")
-        for v in g.input:
+        # An output or value_info naming an input counts too: onnx_ir takes its shape for the
+        # input's (found by tests/fuzz: a rewrite then wrote a model this check refuses).
+        names = {v.name for v in g.input}
+        for v in (*g.input, *(v for v in (*g.output, *g.value_info) if v.name in names)):
             dims = [d.dim_value for d in v.type.tensor_type.shape.dim if d.HasField("dim_value")]
             if math.prod(dims) > MAX_INPUT_ELEMENTS:
                 raise self.fail(f"input {_show(v.name)} declares {math.prod(dims)} elements "
                                 f"(dims {dims[:8]})", f"onnxfuse feeds inputs of at most "
                                 f"{MAX_INPUT_ELEMENTS} elements; make the large axes symbolic")
 
+    def strings(self, message: Message, where: str) -> None:
+        """Every string field is UTF-8: protobuf hands the others over as bytes, which
+        onnx_ir fails on only when it writes the model (found by tests/fuzz)."""
+        for field in message.DESCRIPTOR.fields:
+            if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+                continue  # never touch raw_data: it may be gigabytes
+            repeated = (field.is_repeated if hasattr(field, "is_repeated")
+                        else field.label == field.LABEL_REPEATED)
+            if not repeated and field.type == field.TYPE_MESSAGE and not message.HasField(field.name):
+                continue
+            value = getattr(message, field.name)
+            for item in value if repeated else [value]:
+                if isinstance(item, bytes):
+                    raise self.fail(f"a string in {where}.{field.name} is not UTF-8",
+                                    "fix or re-export the model")
+                if field.type == field.TYPE_MESSAGE:
+                    self.strings(item, f"{where}.{field.name}")
+
     def run(self) -> None:
         m = self.model
         if not m.HasField("graph"):
             raise self.fail("the file holds no graph", "is it an ONNX model?")
+        self.strings(m, "model")
         self.opsets()
         self.functions()
         self.graph(m.graph, "main graph", main=True)

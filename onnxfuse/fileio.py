@@ -54,8 +54,9 @@ def model_files(path: str | os.PathLike[str]) -> tuple[Path, ...]:
             attributes = nodes.pop().attribute
             tensors = [t for a in attributes for t in (*a.tensors, *([a.t] if a.HasField("t") else []))]
             graphs.extend(g for a in attributes for g in (*a.graphs, *([a.g] if a.HasField("g") else [])))
+        # (a location that is not UTF-8 comes as bytes: read_model refuses that model)
         locations.update(e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
-                         for e in t.external_data if e.key == "location")
+                         for e in t.external_data if e.key == "location" and isinstance(e.value, str))
     return (model_path, *(model_path.parent / loc for loc in sorted(locations)))
 
 

@@ -187,3 +187,14 @@ def test_an_input_redeclared_larger_by_an_output_or_value_info(tmp_path: Path, w
     getattr(model.graph, where).append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [2**31, 2**31]))
     with pytest.raises(InvalidModelError, match="input 'x' declares 4611686018427387904 elements"):
         _rewrite(tmp_path, model)
+
+
+def test_an_external_data_location_that_is_not_utf8(tmp_path: Path) -> None:
+    # Was: TypeError in the output check, which lists the input's data files (str vs bytes).
+    model = gated_mlp()
+    data = _external(model, location="weights.dat\u00e9")
+    raw = model.SerializeToString().replace("weights.dat\u00e9".encode(), b"weights.dat\xe9\xe9")
+    (tmp_path / "model.onnx").write_bytes(raw)
+    (tmp_path / "weights.data").write_bytes(data)
+    with pytest.raises(InvalidModelError, match="is not UTF-8"):
+        rewrite(RewriteConfig(input=tmp_path / "model.onnx", output=tmp_path / "o.onnx"))

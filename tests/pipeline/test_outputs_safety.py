@@ -208,7 +208,9 @@ def _big_model(path: Path) -> int:
     w = ir.Value(name="w", const_value=ir.tensor(np.ones((1024, 65536), np.float32), name="w"))
     node = ir.Node("", "MatMul", [x, w], num_outputs=1)
     node.outputs[0].name = "y"
-    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=[w], opset_imports={"": 18})
+    node.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)  # onnx.checker (read_model) needs it
+    node.outputs[0].shape = ir.Shape(["n", 65536])
+    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=[w], opset_imports={"": 18}, name="big")
     ir.save(ir.Model(graph, ir_version=10), path, external_data=path.name + ".data")
     return 1024 * 65536 * 4
 

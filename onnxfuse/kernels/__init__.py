@@ -8,12 +8,19 @@ must be able to choose the interpreter before that.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = ["KernelConfig", "activate", "fused_gated_mlp", "fused_gated_mlp_reference", "interpreting"]
 
-_LAZY = {"KernelConfig": "gated_mlp", "fused_gated_mlp": "gated_mlp", "interpreting": "gated_mlp",
+_LAZY = {"KernelConfig": "gated_mlp", "fused_gated_mlp": "gated_mlp",
          "activate": "reference", "fused_gated_mlp_reference": "reference"}
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET``); importing
+    nothing, so the plugin's triton backend can ask before the kernels are imported."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def __getattr__(name: str) -> Any:

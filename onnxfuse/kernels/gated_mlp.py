@@ -25,7 +25,6 @@ Not yet: configs measured and autotuned on a GPU; none was available when this w
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 import triton
@@ -33,6 +32,7 @@ import triton.language as tl
 
 from onnxfuse import opset
 from onnxfuse.errors import KernelError
+from onnxfuse.kernels import interpreting
 
 __all__ = ["ACTIVATION_IDS", "KernelConfig", "choose_configs", "fused_gated_mlp", "interpreting"]
 
@@ -98,11 +98,6 @@ def choose_configs(tokens: int) -> tuple[KernelConfig, KernelConfig]:
     if tokens <= DECODE_MAX_TOKENS:
         return DECODE, DECODE_DOWN
     return PREFILL, PREFILL_DOWN
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit

@@ -116,9 +116,9 @@ def _prepare_triton(device: str) -> None:
     """Install the bridge; on CPU make sure the Triton kernels will run under the interpreter."""
     import sys
 
-    from onnxfuse.kernels import bridge
+    from onnxfuse.kernels import bridge, interpreting
 
-    if device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if device == "cpu" and not interpreting():
         if "onnxfuse.kernels.gated_mlp" in sys.modules:
             raise KernelError("the triton backend on CPU runs the Triton interpreter, but the kernels were "
                               "already compiled for a GPU in this process: set TRITON_INTERPRET=1 before "

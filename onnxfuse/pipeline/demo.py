@@ -60,7 +60,7 @@ def _step(summary: list[dict[str, Any]], step: str, result: str, ok: bool) -> No
 def _triton_check(mlp: Path, fused: Path) -> dict[str, Any]:
     """Run the fused MLP in ORT with the plugin's triton backend (ORT → plugin → Python bridge →
     Triton kernel on ORT's own buffers) against the original graph, at a small token count."""
-    from onnxfuse.kernels import bridge
+    from onnxfuse.kernels import bridge, interpreting
 
     factory = sessions.plugin_options("triton", "cpu")
     info = sessions.model_info(mlp)
@@ -75,7 +75,7 @@ def _triton_check(mlp: Path, fused: Path) -> dict[str, Any]:
     launches = bridge.calls() - before
     return {"tokens": _TRITON_TOKENS, "rel_l2": c.rel_l2, "passed": c.passed and launches == len(sessions.model_info(fused).fused_nodes),
             "seconds": seconds, "kernel_calls": launches,
-            "mode": "interpreter" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else "compiled"}
+            "mode": "interpreter" if interpreting() else "compiled"}
 
 
 def greedy_generation(model: str, fused: Path, tokens: int = 32,

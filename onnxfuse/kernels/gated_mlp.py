@@ -18,13 +18,16 @@ keep bfloat16 operands for the tensor cores.
 
 Decode sizes (at most 64 rows) use narrow-M tiles and split the down projection's K across
 programs, reduced in a fixed order by :func:`_reduce_kernel` (deterministic, no atomics).
-Not yet: configs measured and autotuned on a GPU; none was available when this was written
+On a GPU each launch's tiles are autotuned per shape class (:mod:`onnxfuse.kernels.tuning`,
+candidates in :mod:`onnxfuse.kernels.configs`); the interpreter uses fixed tiles. Not yet:
+the candidates have not been timed on a GPU; none was available when this was written
 (see benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import os
 
 import torch
 import triton
@@ -32,7 +35,14 @@ import triton.language as tl
 
 from onnxfuse import opset
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels import interpreting
+from onnxfuse.kernels import interpreting, tuning
+from onnxfuse.kernels.configs import (
+    CANDIDATES,
+    KernelConfig,
+    default_configs,
+    interpreter_config,
+    shape_class,
+)
 
 __all__ = ["ACTIVATION_IDS", "KernelConfig", "choose_configs", "fused_gated_mlp", "interpreting"]
 
@@ -42,62 +52,20 @@ PRECISIONS = ("tf32", "ieee")
 _DTYPES = {torch.float32, torch.float16, torch.bfloat16}
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelConfig:
-    """Tile sizes of one launch.
-
-    The interpreter's cost is per program (~20 ms each, measured on this 2-core CPU): 32-wide
-    tiles cut a 111×23×45 problem from 0.85 s (16-wide) to 0.28 s, and odd shapes still
-    exercise every mask. GPU configs are a conservative default until autotuned on a GPU
-    (none was available).
-    """
-
-    block_m: int = 16
-    block_n: int = 16
-    block_k: int = 16
-    group_m: int = 4
-    num_warps: int = 4
-    num_stages: int = 2
-    split_k: int = 1
+def _autotune(autotune: bool | None, x: torch.Tensor) -> bool:
+    if autotune is not None:
+        return autotune
+    return x.is_cuda and not interpreting() and os.environ.get("ONNXFUSE_AUTOTUNE", "1") != "0"
 
 
-INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, block_k=32)
-# Large problems under the interpreter: its cost is per loop iteration and per element loaded
-# (loads gather through pointer arrays), so wide N/K tiles and, for a few tokens, 16-row tiles
-# cut the notebook MLP at 4 tokens from ~100 s (32-wide) to ~12 s on this CPU.
-INTERPRETER_LARGE_DIM = 512
-
-
-def interpreter_config(m: int, n: int, k: int) -> KernelConfig:
-    """Tiles for an ``m×k @ k×n`` launch under the interpreter: 32-wide for small problems
-    (tests: several tiles and every mask), 128-wide N/K once a dim reaches 512, 16 rows for at
-    most 16 rows."""
-    wide = max(n, k) >= INTERPRETER_LARGE_DIM
-    return KernelConfig(block_m=16 if m <= 16 and wide else 32, block_n=128 if wide else 32,
-                        block_k=128 if wide else 32)
-
-# Shape classes. Decode (at most DECODE_MAX_TOKENS rows): a 128-row tile would be mostly
-# masked and a thin grid cannot fill the GPU, so tiles are 16 rows and wide in N, and the
-# down projection (N = d, K = d_ff: few output tiles, long K) splits K across programs.
-# These are starting points chosen from the shapes (d = 4096, d_ff = 11008: 86 tiles of 128
-# columns for gate/up, 32 for down on a 132-SM H100); they are not yet measured on a GPU.
-# Shared memory is checked by the AOT test: float32 with block_k = 128 needed 216 KiB, over
-# sm_80's 163 KiB per block; block_k = 64 fits every dtype.
-DECODE_MAX_TOKENS = 64
-PREFILL = KernelConfig(block_m=128, block_n=128, block_k=32, group_m=8, num_warps=8, num_stages=3)
-PREFILL_DOWN = PREFILL
-DECODE = KernelConfig(block_m=16, block_n=64, block_k=64, group_m=1, num_warps=4, num_stages=4)
-DECODE_DOWN = dataclasses.replace(DECODE, split_k=8)
-GPU_CONFIG = PREFILL  # the AOT build's default specialisation
-# Every compiled config, for the ahead-of-time compile test (catches resource overflows).
-GPU_CONFIGS = {"prefill": PREFILL, "decode": DECODE, "decode_down": DECODE_DOWN}
+def _device_name(x: torch.Tensor) -> str:
+    where = f"cuda {torch.cuda.get_device_name(x.device)}" if x.is_cuda else "cpu"
+    return f"{where}{' interpreter' if interpreting() else ''}, triton {triton.__version__}"
 
 
 def choose_configs(tokens: int) -> tuple[KernelConfig, KernelConfig]:
-    """(gate/up config, down config) for ``tokens`` rows on a GPU."""
-    if tokens <= DECODE_MAX_TOKENS:
-        return DECODE, DECODE_DOWN
-    return PREFILL, PREFILL_DOWN
+    """(gate/up config, down config) for ``tokens`` rows on a GPU without tuning."""
+    return default_configs(tokens)
 
 
 @triton.jit
@@ -288,6 +256,7 @@ def fused_gated_mlp(
     out: torch.Tensor | None = None,
     config: KernelConfig | None = None,
     down_config: KernelConfig | None = None,
+    autotune: bool | None = None,
 ) -> torch.Tensor:
     """``Y = (act(X @ W_gate + B_gate) * (X @ W_up + B_up)) @ W_down + B_down`` on Triton.
 
@@ -298,8 +267,13 @@ def fused_gated_mlp(
         activation: ``silu``, ``gelu`` or ``gelu_tanh``.
         precision: for float32 inputs, ``tf32`` (tensor cores, default) or ``ieee``.
         out: optional output buffer (``x``'s shape and dtype), written in full.
-        config, down_config: tile sizes of the gate/up and down launches; default: the
-            interpreter's when interpreting, else the shape class's (:func:`choose_configs`).
+        config, down_config: tile sizes of the gate/up and down launches (``config`` alone
+            serves both); given, they are used as they are.
+        autotune: time the shape class's candidate configs once per shape bucket and use
+            the fastest (:mod:`onnxfuse.kernels.tuning`). Default: on for CUDA tensors unless
+            ``$ONNXFUSE_AUTOTUNE=0``; off under the interpreter, which then uses fixed tiles
+            for its speed (:func:`interpreter_config`). Off on a GPU: each class's first
+            candidate (:func:`choose_configs`).
 
     Raises:
         KernelError: a shape, dtype, device, activation or precision that does not fit.
@@ -310,17 +284,29 @@ def fused_gated_mlp(
     a = x.reshape(-1, d)
     if a.shape[0] == 0:
         return y
-    if interpreting():
-        default_up = interpreter_config(a.shape[0], d_ff, d)
-        default_down = interpreter_config(a.shape[0], d, d_ff)
-    else:
-        default_up, default_down = choose_configs(a.shape[0])
-    h = torch.empty((a.shape[0], d_ff), dtype=x.dtype, device=x.device)
-    _launch(a, w_gate, w_up, b_gate, b_up, h, gated=True, activation=activation,
-            precision=precision, config=config or default_up)
+    m = a.shape[0]
+    tune = _autotune(autotune, x)
+    h = torch.empty((m, d_ff), dtype=x.dtype, device=x.device)
     y2 = y.view(-1, d) if y.is_contiguous() else torch.empty_like(a)
-    _launch(h, w_down, None, b_down, None, y2, gated=False, activation=activation,
-            precision=precision, config=down_config or config or default_down)
+    stages = (  # (stage, launch, n, k, explicit config)
+        ("gate_up", functools.partial(_launch, a, w_gate, w_up, b_gate, b_up, h, gated=True,
+                                      activation=activation, precision=precision), d_ff, d, config),
+        ("down", functools.partial(_launch, h, w_down, None, b_down, None, y2, gated=False,
+                                   activation=activation, precision=precision), d, d_ff,
+         down_config or config),
+    )
+    for stage, launch, n, k, explicit in stages:
+        if explicit is not None:
+            launch(config=explicit)
+        elif tune:
+            key = tuning.TuneKey(_device_name(x), str(x.dtype).removeprefix("torch."), precision,
+                                 stage, tuning.token_bucket(m), n, k, b_gate is not None)
+            tuning.tuner().choose(key, CANDIDATES[shape_class(m), stage],
+                                  lambda cfg, launch=launch: launch(config=cfg))
+        elif interpreting():
+            launch(config=interpreter_config(m, n, k))
+        else:
+            launch(config=default_configs(m)[0 if stage == "gate_up" else 1])
     if not y.is_contiguous():
         y.copy_(y2.view(y.shape))
     return y

@@ -1,0 +1,69 @@
+"""benchmarks/kernels.py: its arithmetic (checked by hand on round numbers, since the GPU run
+that uses it cannot be checked here) and its no-GPU smoke path."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+
+
+def _module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_kernels", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_metrics_on_round_numbers() -> None:
+    bench = _module()
+    # n = d = d_ff = 1000, bf16: 6e9 FLOP; bytes 2 * (3e6 + 2e6 + 2e6) = 14e6.
+    row = bench.metrics(1000, 1000, 1000, "bfloat16", ms=1.0, peak_tflops=10.0, peak_gbps=100.0)
+    assert row["tflops"] == pytest.approx(6.0)
+    assert row["gbps"] == pytest.approx(14.0)
+    # Roofline time: max(6e9 / 10e12 s, 14e6 / 100e9 s) = max(0.6 ms, 0.14 ms) = 0.6 ms.
+    assert row["pct_roofline"] == pytest.approx(60.0)
+    assert row["pct_bandwidth"] == pytest.approx(14.0)
+    assert row["pct_roofline_datasheet"] is None
+    # Memory-bound: n = 1, tf32 (4-byte elements), d = d_ff = 1000: bytes 4 * (3e6 + 2e3 + 2e3).
+    sheet = {"bfloat16": 20.0, "float16": 20.0, "tf32": 10.0, "gbps": 200.0}
+    row = bench.metrics(1, 1000, 1000, "tf32", ms=0.2, peak_tflops=5.0, peak_gbps=100.0, sheet=sheet)
+    nbytes = 4 * (3e6 + 4e3)
+    assert row["pct_bandwidth"] == pytest.approx(100 * nbytes / 0.2e-3 / 100e9)
+    assert row["pct_roofline"] == pytest.approx(100 * (nbytes / 100e9) / 0.2e-3)
+    assert row["pct_bandwidth_datasheet"] == pytest.approx(row["pct_bandwidth"] / 2)
+
+
+def test_datasheet_lookup_and_acceptance() -> None:
+    bench = _module()
+    assert bench.datasheet("NVIDIA H100 80GB HBM3")["gbps"] == 3350.0
+    assert bench.datasheet("NVIDIA H200")["bfloat16"] == 989.4
+    assert bench.datasheet("Tesla T4") is None
+    rows = [
+        dict(shape="notebook", dtype="bfloat16", impl="triton", speedup_vs_eager=1.4, pct_roofline=64.9),
+        dict(shape="notebook", dtype="bfloat16", impl="eager", speedup_vs_eager=1.0, pct_roofline=99.0),
+        dict(shape="llama7b-n1", dtype="bfloat16", impl="triton", pct_bandwidth=80.0),
+    ]
+    result = {point: (value, passed) for point, value, _, passed in bench.acceptance(rows)}
+    assert result["notebook bfloat16 speedup_vs_eager"] == (1.4, True)
+    assert result["notebook bfloat16 pct_roofline"] == (64.9, False), "eager's row must not count"
+    assert result["notebook tf32 speedup_vs_eager"] == (None, False), "unmeasured is not a pass"
+    assert result["llama7b-n1 bfloat16 pct_bandwidth"] == (80.0, True)
+
+
+def test_without_a_gpu_it_says_so_and_runs_the_smoke_case() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script benchmarks instead")
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no CUDA GPU: no timings" in proc.stdout and "(ok)" in proc.stdout

@@ -1,0 +1,183 @@
+"""The autotuner: choices, memory, the cache file, failing candidates, and every GPU candidate
+config computing the reference (under the interpreter on CPU, compiled on a GPU)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from onnxfuse.errors import KernelError
+from onnxfuse.kernels import tuning
+from onnxfuse.kernels.configs import CANDIDATES, KernelConfig, default_configs, shape_class
+from onnxfuse.kernels.gated_mlp import fused_gated_mlp
+from onnxfuse.kernels.reference import fused_gated_mlp_reference
+from onnxfuse.numerics import compare, tolerance
+from tests.conftest import has_cuda
+
+DEVICE = "cuda" if has_cuda() else "cpu"
+KEY = tuning.TuneKey("test-device", "float32", "ieee", "gate_up", 16, 40, 24, False)
+A, B, C = (KernelConfig(block_m=m) for m in (16, 32, 64))
+
+
+class FakeTimer:
+    """Milliseconds per config label; records the order of runs."""
+
+    def __init__(self, ms: dict[str, float]) -> None:
+        self.ms = ms
+        self.timed: list[str] = []
+
+    def __call__(self, fn: Callable[[], None]) -> float:
+        fn()
+        self.timed.append(self.last)
+        return self.ms[self.last]
+
+    def run(self, config: KernelConfig) -> None:
+        self.last = config.label()
+        if self.ms.get(self.last) is None:
+            raise RuntimeError(f"out of resources: {self.last}")
+
+
+@pytest.fixture
+def process_tuner() -> Iterator[None]:
+    old = tuning.set_tuner(None)
+    yield
+    tuning.set_tuner(old)
+
+
+def test_token_buckets() -> None:
+    assert [tuning.token_bucket(n) for n in (1, 2, 3, 16, 17, 64, 65, 1500, 2048, 10**6)] == \
+        [1, 2, 4, 16, 32, 64, 128, 2048, 2048, 8192]
+
+
+def test_the_fastest_candidate_is_chosen_run_last_and_remembered() -> None:
+    timer = FakeTimer({A.label(): 2.0, B.label(): 1.0, C.label(): 1.5})
+    tuner = tuning.Tuner(timer=timer)
+    runs: list[str] = []
+
+    def run(config: KernelConfig) -> None:
+        timer.run(config)
+        runs.append(config.label())
+
+    assert tuner.choose(KEY, (A, B, C), run) == B
+    assert timer.timed == [A.label(), B.label(), C.label()]
+    assert runs[-1] == B.label(), "the chosen config must run last: the output is its result"
+    runs.clear()
+    assert tuner.choose(KEY, (A, B, C), run) == B
+    assert len(timer.timed) == 3, "a known key is not timed again"
+    assert runs == [B.label()], "but its choice runs"
+
+
+def test_ties_go_to_the_earlier_candidate() -> None:
+    timer = FakeTimer({A.label(): 1.0, B.label(): 1.0})
+    assert tuning.Tuner(timer=timer).choose(KEY, (B, A), timer.run) == B
+
+
+def test_failing_candidates_are_skipped_and_all_failing_is_a_kernel_error() -> None:
+    timer = FakeTimer({A.label(): None, B.label(): 3.0})  # type: ignore[dict-item]
+    tuner = tuning.Tuner(timer=timer)
+    assert tuner.choose(KEY, (A, B), timer.run) == B
+    assert "out of resources" in str(tuner.timings[KEY][A.label()])
+    timer = FakeTimer({A.label(): None, B.label(): None})  # type: ignore[dict-item]
+    with pytest.raises(KernelError, match=r"no candidate config runs for gate_up 40x24 .*out of resources"):
+        tuning.Tuner(timer=timer).choose(KEY, (A, B), timer.run)
+
+
+def test_the_cache_file_carries_choices_to_a_new_process(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "sub" / "autotune.json"
+    timer = FakeTimer({A.label(): 2.0, B.label(): 1.0})
+    tuning.Tuner(timer=timer, cache_path=cache).choose(KEY, (A, B), timer.run)
+    assert json.loads(cache.read_text()) == {KEY.text(): B.label()}
+    assert [p.name for p in cache.parent.iterdir()] == ["autotune.json"], "no temporary file left"
+
+    again = FakeTimer({A.label(): 0.5, B.label(): 1.0})
+    assert tuning.Tuner(timer=again, cache_path=cache).choose(KEY, (A, B), again.run) == B
+    assert again.timed == [], "a cached choice is not timed"
+    # A choice that is no longer a candidate is timed afresh.
+    assert tuning.Tuner(timer=again, cache_path=cache).choose(KEY, (A, C), again.run) == A
+
+    cache.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="onnxfuse.kernels.tuning"):
+        assert tuning.Tuner(timer=again, cache_path=cache).choose(KEY, (A, B), again.run) == A
+    assert "ignoring the autotune cache" in caplog.text
+    assert json.loads(cache.read_text()) == {KEY.text(): A.label()}, "rewritten whole"
+
+
+def test_the_cache_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path / "env.json"))
+    timer = FakeTimer({A.label(): 1.0})
+    tuning.Tuner(timer=timer).choose(KEY, (A,), timer.run)
+    assert (tmp_path / "env.json").is_file()
+
+
+def _weights(d: int, d_ff: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(*s, generator=gen) * s[0] ** -0.5).to(DEVICE)
+            for s in ((d, d_ff), (d, d_ff), (d_ff, d))]
+
+
+def _check(x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor) -> None:
+    ref = fused_gated_mlp_reference(x.cpu(), *(w.cpu() for w in ws), compute_dtype=torch.float64)
+    c = compare("y", y.float().cpu().numpy(), ref.numpy(), limit=tolerance("float32", "ieee"))
+    assert c.passed, c.detail
+
+
+def test_autotuned_launches_compute_the_reference_and_tune_once_per_bucket(
+        process_tuner: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two candidates per launch keep the interpreter quick; the timer prefers the second.
+    monkeypatch.setitem(CANDIDATES, ("decode", "gate_up"), (KernelConfig(16, 32, 32), KernelConfig(32, 16, 16)))
+    monkeypatch.setitem(CANDIDATES, ("decode", "down"), (KernelConfig(16, 32, 32, split_k=2), KernelConfig(16, 16, 16)))
+    calls = []
+
+    def second_is_faster(fn: Callable[[], None]) -> float:
+        fn()
+        calls.append(fn)
+        return 2.0 if len(calls) % 2 else 1.0
+
+    tuner = tuning.Tuner(timer=second_is_faster)
+    tuning.set_tuner(tuner)
+    ws = _weights(24, 40, 0)
+    for rows in (5, 7, 9):  # 5 and 7 share the bucket 8; 9 is in 16
+        x = torch.randn(rows, 24, device=DEVICE)
+        _check(x, ws, fused_gated_mlp(x, *ws, precision="ieee", autotune=True,
+                                      out=torch.full_like(x, float("nan"))))
+    assert sorted((k.stage, k.bucket) for k in tuner.timings) == \
+        [("down", 8), ("down", 16), ("gate_up", 8), ("gate_up", 16)]
+    assert all(len(v) == 2 for v in tuner.timings.values())
+
+
+def test_autotune_defaults_off_under_the_interpreter(process_tuner: None) -> None:
+    if DEVICE == "cuda":
+        pytest.skip("the default is on for CUDA tensors")
+    ws = _weights(8, 12, 1)
+    fused_gated_mlp(torch.randn(3, 8), *ws)
+    assert tuning.tuner().timings == {}
+
+
+def test_shape_classes_and_defaults() -> None:
+    assert shape_class(64) == "decode" and shape_class(65) == "prefill"
+    assert default_configs(1) == (CANDIDATES["decode", "gate_up"][0], CANDIDATES["decode", "down"][0])
+    assert default_configs(4096)[1].split_k == 1
+    labels = [c.label() for cfgs in CANDIDATES.values() for c in cfgs]
+    assert CANDIDATES["decode", "down"][0].label() == "16x64x64-g1-w4-s4-k8"
+    assert all(len(set(c.label() for c in cfgs)) == len(cfgs) for cfgs in CANDIDATES.values()), labels
+
+
+@pytest.mark.parametrize("cls_stage", list(CANDIDATES), ids=lambda k: "-".join(k))
+def test_every_gpu_candidate_computes_the_reference(cls_stage: tuple[str, str]) -> None:
+    """Each candidate's tiles on an odd shape smaller and larger than its tiles (every mask),
+    the output poisoned first; the gate/up candidates drive both launches."""
+    cls, stage = cls_stage
+    for i, config in enumerate(CANDIDATES[cls_stage]):
+        rows = 20 if cls == "decode" else 200  # 2 row tiles, the last partial
+        d, d_ff = (150, 150) if stage == "gate_up" else (40, 300)  # partial N tiles; long K for a split
+        ws = _weights(d, d_ff, i)
+        x = torch.randn(rows, d, device=DEVICE)
+        kw = dict(config=config) if stage == "gate_up" else dict(down_config=config, config=KernelConfig(32, 32, 32))
+        y = fused_gated_mlp(x, *ws, precision="ieee", out=torch.full_like(x, float("nan")), **kw)  # type: ignore[arg-type]
+        _check(x, ws, y)

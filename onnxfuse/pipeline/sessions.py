@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,6 +71,8 @@ def session(path: str | os.PathLike[str], *, device: str = "cpu", optimize: bool
 
     if device not in DEVICES:
         raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    if device == "cuda":
+        _preload_cuda_libraries()
     so = options or ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -92,6 +96,19 @@ def session(path: str | os.PathLike[str], *, device: str = "cpu", optimize: bool
         raise UserError(f"ONNX Runtime has no {_PROVIDERS[device][0]} here (got {sess.get_providers()}): "
                         "install onnxruntime-gpu or use --device cpu")
     return sess
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Let onnxruntime-gpu find CUDA and cuDNN from the ``nvidia-*`` wheels (or torch's), as
+    its ``preload_dlls`` does; without it ORT drops the CUDA provider silently when those
+    libraries are not on the loader's path. Best effort: the provider check below reports."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:  # it prints its warnings: keep them off our stdout
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+            preload()
 
 
 def plugin_options(backend: str, device: str = "cpu") -> Callable[[], Any] | None:

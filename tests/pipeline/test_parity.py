@@ -66,6 +66,18 @@ def test_parity_user_errors(pair: tuple[Path, Path], tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_cuda_without_a_cuda_provider_is_one_clear_line(pair: tuple[Path, Path]) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    proc = run_cli(["parity", *map(str, pair), "--device", "cuda"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "onnxfuse parity: error: ONNX Runtime has no CUDAExecutionProvider here (got "
+        "['CPUExecutionProvider']): install onnxruntime-gpu or use --device cpu"]
+
+
 def test_triton_backend_passes_and_localises_a_fault(pair: tuple[Path, Path], tmp_path: Path) -> None:
     """ORT → plugin → Triton kernel (interpreted) for both fused nodes; with a planted fault the
     localisation (fused node outputs exposed, custom op in the graph) names the node."""

@@ -50,6 +50,7 @@ class CompiledKernel:
     mma: str | None = None  # the tensor-core instruction: HGMMA (wgmma), HMMA, or "none"
     mma_count: int | None = None
     async_copies: int | None = None  # LDGSTS (cp.async) + UTMALDG (TMA) instructions
+    tma_copies: int | None = None  # UTMALDG alone
 
 
 def specialisation(args: dict[str, object]) -> tuple[dict[str, str], dict[str, object],
@@ -57,7 +58,8 @@ def specialisation(args: dict[str, object]) -> tuple[dict[str, str], dict[str, o
     """(signature, constexprs, attrs) for ``triton.compile`` from one launch's arguments.
 
     ``args`` maps each argument, in the kernel's order, to a pointer type (``"*bf16"``,
-    assumed 16-byte aligned), an ``int`` or, for a ``tl.constexpr``, a
+    assumed 16-byte aligned), a tensor descriptor type (``"tensordesc<bf16[128, 32]>"``), an
+    ``int`` or, for a ``tl.constexpr``, a
     ``("constexpr", value)`` pair. Integers follow Triton's JIT: 1 becomes a constant,
     multiples of 16 get ``tt.divisibility = 16``.
     """
@@ -70,7 +72,8 @@ def specialisation(args: dict[str, object]) -> tuple[dict[str, str], dict[str, o
             constexprs[name] = value[1]
         elif isinstance(value, str):
             signature[name] = value
-            attrs[(i,)] = [["tt.divisibility", 16]]
+            if value.startswith("*"):  # a tensor descriptor carries no hints
+                attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(value, bool) or not isinstance(value, int):
             raise KernelError(f"argument {name}={value!r}: give a pointer type, an int or ('constexpr', v)")
         elif value == 1:
@@ -119,7 +122,7 @@ def _inspect(cubin: bytes) -> dict[str, object]:
     mma = "HGMMA" if counts["HGMMA"] else "HMMA" if counts["HMMA"] else "none"
     return dict(registers=int(found[1]), stack_bytes=int(found[2]), local_loads=counts["LDL"], mma=mma,
                 mma_count=counts[mma] if mma != "none" else 0,
-                async_copies=counts["LDGSTS"] + counts["UTMALDG"])
+                async_copies=counts["LDGSTS"] + counts["UTMALDG"], tma_copies=counts["UTMALDG"])
 
 
 def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool = True,
@@ -143,7 +146,7 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from onnxfuse.kernels.gated_mlp import ACTIVATION_IDS, _gemm_kernel
+    from onnxfuse.kernels.gated_mlp import ACTIVATION_IDS, _gemm_kernel, _gemm_tma_kernel
 
     if not isinstance(_gemm_kernel, triton.runtime.JITFunction):
         raise KernelError("ahead-of-time compilation needs compiled Triton: unset TRITON_INTERPRET")
@@ -156,23 +159,32 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
         raise KernelError(f"config {cfg.label()} splits K: it is for the down projection (gated=False)")
     m = tokens if tokens is not None else (2048 if cfg.block_m >= 64 else 16)
     n, k = (d_ff, d) if gated else (d, d_ff)
-    ptr = f"*{_TRITON_DTYPES[dtype]}"
-    out = ptr if cfg.split_k == 1 else "*fp32"  # split-K programs store float32 partials
-    args: dict[str, object] = dict(
-        a_ptr=ptr, b1_ptr=ptr, b2_ptr=ptr, bias1_ptr=ptr, bias2_ptr=ptr, c_ptr=out, M=m, N=n, K=k,
-        stride_am=k, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n, stride_cn=1,
-        stride_cs=0 if cfg.split_k == 1 else m * n,
-        GATED=("constexpr", gated), HAS_BIAS=("constexpr", biased),
-        ACTIVATION=("constexpr", ACTIVATION_IDS[activation]), UPCAST=("constexpr", False),
-        PRECISION=("constexpr", "tf32" if dtype == "float32" else "ieee"),
-        SPLIT_K=("constexpr", cfg.split_k), BLOCK_M=("constexpr", cfg.block_m),
-        BLOCK_N=("constexpr", cfg.block_n), BLOCK_K=("constexpr", cfg.block_k),
-        GROUP_M=("constexpr", cfg.group_m),
-    )
-    if list(args) != list(_gemm_kernel.arg_names):
-        raise KernelError(f"internal: kernel arguments {_gemm_kernel.arg_names} != {list(args)}")
+    elt = _TRITON_DTYPES[dtype]
+    ptr = f"*{elt}"
+    constants: dict[str, object] = dict(
+        GATED=gated, HAS_BIAS=biased, ACTIVATION=ACTIVATION_IDS[activation], UPCAST=False,
+        PRECISION="tf32" if dtype == "float32" else "ieee")
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    if cfg.tma:
+        kernel_fn = _gemm_tma_kernel
+        args: dict[str, object] = dict(
+            a_desc=f"tensordesc<{elt}[{bm}, {bk}]>", b1_desc=f"tensordesc<{elt}[{bk}, {bn}]>",
+            b2_desc=f"tensordesc<{elt}[{bk}, {bn}]>", bias1_ptr=ptr, bias2_ptr=ptr,
+            c_desc=f"tensordesc<{elt}[{bm}, {bn}]>", M=m, N=n, K=k)
+    else:
+        kernel_fn = _gemm_kernel
+        out = ptr if cfg.split_k == 1 else "*fp32"  # split-K programs store float32 partials
+        args = dict(
+            a_ptr=ptr, b1_ptr=ptr, b2_ptr=ptr, bias1_ptr=ptr, bias2_ptr=ptr, c_ptr=out, M=m, N=n, K=k,
+            stride_am=k, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n, stride_cn=1,
+            stride_cs=0 if cfg.split_k == 1 else m * n)
+        constants["SPLIT_K"] = cfg.split_k
+    constants.update(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.group_m)
+    args.update({name: ("constexpr", value) for name, value in constants.items()})
+    if list(args) != list(kernel_fn.arg_names):
+        raise KernelError(f"internal: kernel arguments {kernel_fn.arg_names} != {list(args)}")
     signature, constexprs, attrs = specialisation(args)
-    source = ASTSource(_gemm_kernel, signature, constexprs=constexprs, attrs=attrs)
+    source = ASTSource(kernel_fn, signature, constexprs=constexprs, attrs=attrs)
     try:
         kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32),
                                 options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})

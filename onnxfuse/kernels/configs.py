@@ -38,12 +38,15 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     split_k: int = 1
+    # Move tiles with the tensor memory accelerator (Hopper and newer; no split K). Launches
+    # whose tensors TMA cannot address (unaligned rows) use the pointer kernel instead.
+    tma: bool = False
 
     def label(self) -> str:
-        """``128x128x32-w8-s3`` (``-k8`` for a split K)."""
+        """``128x128x32-g8-w8-s3`` (``-k8`` for a split K, ``-tma`` for TMA tiles)."""
         split = f"-k{self.split_k}" if self.split_k > 1 else ""
         return (f"{self.block_m}x{self.block_n}x{self.block_k}-g{self.group_m}-w{self.num_warps}"
-                f"-s{self.num_stages}{split}")
+                f"-s{self.num_stages}{split}{'-tma' if self.tma else ''}")
 
 
 INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, block_k=32)
@@ -76,6 +79,8 @@ CANDIDATES: dict[tuple[str, str], tuple[KernelConfig, ...]] = {
         _C(128, 64, 64, group_m=8, num_warps=8, num_stages=4),
         _C(64, 128, 64, group_m=8, num_warps=4, num_stages=3),
         _C(128, 64, 32, group_m=8, num_warps=4, num_stages=4),
+        _C(128, 128, 64, group_m=8, num_warps=8, num_stages=3, tma=True),
+        _C(128, 128, 32, group_m=8, num_warps=8, num_stages=4, tma=True),
     ),
     ("prefill", "down"): (
         _C(128, 128, 32, group_m=8, num_warps=8, num_stages=3),
@@ -83,6 +88,8 @@ CANDIDATES: dict[tuple[str, str], tuple[KernelConfig, ...]] = {
         _C(128, 256, 64, group_m=8, num_warps=8, num_stages=3),
         _C(64, 128, 64, group_m=8, num_warps=4, num_stages=4),
         _C(128, 64, 64, group_m=8, num_warps=4, num_stages=4),
+        _C(128, 128, 64, group_m=8, num_warps=8, num_stages=4, tma=True),
+        _C(128, 256, 64, group_m=8, num_warps=8, num_stages=3, tma=True),
     ),
     ("decode", "gate_up"): (
         _C(16, 64, 64, group_m=1, num_warps=4, num_stages=4),

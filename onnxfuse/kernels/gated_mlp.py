@@ -33,6 +33,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # Triton >= 3.4: host-side TMA descriptors
+    from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: TMA configs use the pointer kernel
+    _TensorDescriptor = None  # type: ignore[assignment,misc]
+
 from onnxfuse import opset
 from onnxfuse.errors import KernelError
 from onnxfuse.kernels import interpreting, tuning
@@ -80,6 +85,34 @@ def _activation(g, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
+def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of program ``pid``, grouped: GROUP_M row tiles in a row share
+    their B tiles in L2."""
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, mask_n, GATED: tl.constexpr,
+              HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+    """acc1 (+ bias1), or act(acc1 + bias1) * (acc2 + bias2) if GATED; float32."""
+    if HAS_BIAS:
+        acc1 += tl.load(bias1_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            acc2 += tl.load(bias2_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if GATED:
+        acc1 = _activation(acc1, ACTIVATION) * acc2
+    return acc1
+
+
+@triton.jit
 def _gemm_kernel(
     # pointers
     a_ptr, b1_ptr, b2_ptr, bias1_ptr, bias2_ptr, c_ptr,
@@ -98,18 +131,8 @@ def _gemm_kernel(
     its float32 partial at ``c_ptr + s * stride_cs``; :func:`_reduce_kernel` adds the
     partials (and the bias) in a fixed order, so results stay bitwise deterministic.
     """
-    pid = tl.program_id(0)
+    pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
-    # Grouped ordering: GROUP_M row tiles share their B tiles in L2.
-    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
-    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
-
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # This program's slice of K, in whole BLOCK_K steps.
@@ -142,15 +165,44 @@ def _gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b1_ptrs += BLOCK_K * stride_bk
 
-    if HAS_BIAS and SPLIT_K == 1:
-        acc1 += tl.load(bias1_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        if GATED:
-            acc2 += tl.load(bias2_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if GATED:
-        acc1 = _activation(acc1, ACTIVATION) * acc2
-
+    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, mask_n, GATED,
+                     HAS_BIAS and SPLIT_K == 1, ACTIVATION)
     c_ptrs = c_ptr + pid_k * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc1.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _gemm_tma_kernel(
+    a_desc, b1_desc, b2_desc, bias1_ptr, bias2_ptr, c_desc,
+    M, N, K,
+    GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """:func:`_gemm_kernel` (without split K) with tiles moved by the tensor memory
+    accelerator: host-made tensor descriptors, loads and the store by TMA (out-of-bounds
+    rows and columns read as zero and are not written), no pointer arrays or masks in
+    registers. Needs 16-byte aligned bases and row strides (see :func:`_tma_eligible`)."""
+    pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    acc1 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
+    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = a_desc.load([off_m, k0])
+        b1 = b1_desc.load([k0, off_n])
+        if UPCAST:
+            a = a.to(tl.float32)
+            b1 = b1.to(tl.float32)
+        acc1 = tl.dot(a, b1, acc1, input_precision=PRECISION)
+        if GATED:
+            b2 = b2_desc.load([k0, off_n])
+            if UPCAST:
+                b2 = b2.to(tl.float32)
+            acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, offs_n < N, GATED, HAS_BIAS, ACTIVATION)
+    c_desc.store([off_m, off_n], acc1.to(c_desc.dtype))
 
 
 @triton.jit
@@ -212,6 +264,14 @@ def _validate(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down:
     return int(d), int(d_ff)
 
 
+def _tma_eligible(*tensors: torch.Tensor) -> bool:
+    """Whether TMA can address these 2-D tensors: Triton has tensor descriptors, unit inner
+    strides, 16-byte aligned bases and row strides."""
+    return _TensorDescriptor is not None and all(
+        t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
+        and t.data_ptr() % 16 == 0 for t in tensors)
+
+
 def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: torch.Tensor | None,
             bias2: torch.Tensor | None, c: torch.Tensor, *, gated: bool, activation: str,
             precision: str, config: KernelConfig) -> None:
@@ -219,6 +279,20 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
     N = b1.shape[1]
     upcast = interpreting() and a.dtype == torch.bfloat16
     split_k = 1 if gated else max(1, min(config.split_k, triton.cdiv(K, config.block_k)))
+    constexprs = dict(GATED=gated, HAS_BIAS=bias1 is not None, ACTIVATION=ACTIVATION_IDS[activation],
+                      UPCAST=upcast, PRECISION=precision if a.dtype == torch.float32 else "ieee",
+                      BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                      GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages)
+    operands = (a, b1, c) if b2 is None else (a, b1, b2, c)
+    if config.tma and split_k == 1 and _tma_eligible(*operands):
+        bm, bn, bk = config.block_m, config.block_n, config.block_k
+        b_desc = _TensorDescriptor.from_tensor(b1, [bk, bn])  # type: ignore[union-attr]
+        _gemm_tma_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
+            _TensorDescriptor.from_tensor(a, [bm, bk]), b_desc,  # type: ignore[union-attr]
+            _TensorDescriptor.from_tensor(b2, [bk, bn]) if b2 is not None else b_desc,  # type: ignore[union-attr]
+            bias1 if bias1 is not None else b1, bias2 if bias2 is not None else b1,
+            _TensorDescriptor.from_tensor(c, [bm, bn]), M, N, K, **constexprs)  # type: ignore[union-attr]
+        return
     target = c if split_k == 1 else torch.empty((split_k, M, N), dtype=torch.float32, device=a.device)
     stride_cs = 0 if split_k == 1 else target.stride(0)
     stride_cm, stride_cn = (c.stride(0), c.stride(1)) if split_k == 1 else (target.stride(1), target.stride(2))
@@ -228,10 +302,7 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
         bias2 if bias2 is not None else b1, target,
         M, N, K,
         a.stride(0), a.stride(1), b1.stride(0), b1.stride(1), stride_cm, stride_cn, stride_cs,
-        GATED=gated, HAS_BIAS=bias1 is not None, ACTIVATION=ACTIVATION_IDS[activation],
-        UPCAST=upcast, PRECISION=precision if a.dtype == torch.float32 else "ieee",
-        SPLIT_K=split_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages,
+        SPLIT_K=split_k, **constexprs,
     )
     if split_k > 1:
         block = 1024

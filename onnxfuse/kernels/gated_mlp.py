@@ -64,8 +64,13 @@ def _autotune(autotune: bool | None, x: torch.Tensor) -> bool:
 
 
 def _device_name(x: torch.Tensor) -> str:
-    where = f"cuda {torch.cuda.get_device_name(x.device)}" if x.is_cuda else "cpu"
-    return f"{where}{' interpreter' if interpreting() else ''}, triton {triton.__version__}"
+    return _device_label(x.device.index if x.is_cuda else None, interpreting())
+
+
+@functools.cache
+def _device_label(cuda_index: int | None, interpreted: bool) -> str:
+    where = "cpu" if cuda_index is None else f"cuda {torch.cuda.get_device_name(cuda_index)}"
+    return f"{where}{' interpreter' if interpreted else ''}, triton {triton.__version__}"
 
 
 def choose_configs(tokens: int) -> tuple[KernelConfig, KernelConfig]:

@@ -4,6 +4,7 @@ that uses it cannot be checked here) and its no-GPU smoke path."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -49,13 +50,14 @@ def test_datasheet_lookup_and_acceptance() -> None:
     rows = [
         dict(shape="notebook", dtype="bfloat16", impl="triton", speedup_vs_eager=1.4, pct_roofline=64.9),
         dict(shape="notebook", dtype="bfloat16", impl="eager", speedup_vs_eager=1.0, pct_roofline=99.0),
-        dict(shape="llama7b-n1", dtype="bfloat16", impl="triton", pct_bandwidth=80.0),
+        dict(shape="llama7b-n1", dtype="bfloat16", impl="triton", pct_bandwidth=50.0),
+        dict(shape="llama7b-n1", dtype="bfloat16", impl="triton-graph", pct_bandwidth=80.0),
     ]
     result = {point: (value, passed) for point, value, _, passed in bench.acceptance(rows)}
-    assert result["notebook bfloat16 speedup_vs_eager"] == (1.4, True)
-    assert result["notebook bfloat16 pct_roofline"] == (64.9, False), "eager's row must not count"
-    assert result["notebook tf32 speedup_vs_eager"] == (None, False), "unmeasured is not a pass"
-    assert result["llama7b-n1 bfloat16 pct_bandwidth"] == (80.0, True)
+    assert result["notebook bfloat16 speedup_vs_eager (triton)"] == (1.4, True)
+    assert result["notebook bfloat16 pct_roofline (triton)"] == (64.9, False), "eager's row must not count"
+    assert result["notebook tf32 speedup_vs_eager (triton)"] == (None, False), "unmeasured is not a pass"
+    assert result["llama7b-n1 bfloat16 pct_bandwidth (triton-graph)"] == (80.0, True)
 
 
 def test_without_a_gpu_it_says_so_and_runs_the_smoke_case() -> None:
@@ -67,3 +69,31 @@ def test_without_a_gpu_it_says_so_and_runs_the_smoke_case() -> None:
                           env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "no CUDA GPU: no timings" in proc.stdout and "(ok)" in proc.stdout
+
+
+def test_the_gpu_code_path_runs_end_to_end_as_a_dry_run(tmp_path: Path) -> None:
+    """The benchmark's GPU path (tuning, every implementation, CUDA-graph rows for decode,
+    metrics, acceptance, JSON) on CPU: tiny shapes, interpreter, wall clock, fake ceilings.
+    The first GPU session must not find a typo in it."""
+    out = tmp_path / "dry.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--json", str(out)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] is True and report["gpu"] == "cpu (dry run)"
+    rows = report["rows"]
+    # 2 shapes x 3 dtypes x 4 implementations, plus the 2 CUDA-graph rows of the decode shape.
+    assert len(rows) == 2 * 3 * 4 + 3 * 2
+    limits = {"bfloat16": 2e-2, "float16": 5e-3, "tf32": 1e-5}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"], r
+        assert r["speedup_vs_eager"] > 0
+        if r["impl"].startswith("triton"):
+            assert r["rel_l2_vs_float64"] < limits[r["dtype"]], r
+        if r["impl"] == "triton":
+            assert set(r["configs"]) == {"gate_up", "down"}, r
+    assert {r["impl"] for r in rows if r["n"] == 1} >= {"triton-graph", "eager-graph"}
+    assert [a[0] for a in report["acceptance"]] == [
+        "notebook bfloat16 speedup_vs_eager (triton)", "notebook bfloat16 pct_roofline (triton)",
+        "notebook tf32 speedup_vs_eager (triton)", "llama7b-n1 bfloat16 pct_bandwidth (triton-graph)"]
+    assert "acceptance: notebook bfloat16 pct_roofline (triton) = not measured (>= 65.0): FAIL" in proc.stdout

@@ -132,20 +132,6 @@ def _ceilings(torch: Any) -> tuple[dict[str, float], float]:
     return tflops, gbps
 
 
-def _wall_quantiles(fn: Any, quantiles: list[float], **_: Any) -> list[float]:
-    """The dry run's stand-in for do_bench: wall-clock quantiles in ms over a few runs."""
-    import time
-
-    fn()
-    samples = []
-    for _ in range(5):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
-    return [samples[min(len(samples) - 1, int(q * len(samples)))] for q in quantiles]
-
-
 def _bench(shapes: list[tuple[str, int, int, int]], *, dry_run: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Time every implementation on every shape and dtype. ``dry_run``: the same code on CPU
     under the interpreter with wall-clock timings and made-up ceilings, to test this script."""
@@ -158,7 +144,7 @@ def _bench(shapes: list[tuple[str, int, int, int]], *, dry_run: bool = False) ->
 
     if dry_run:
         device, gpu, compile_fn = "cpu", "cpu (dry run)", (lambda f: f)
-        bench = graph_bench = _wall_quantiles
+        bench = graph_bench = tuning.wall_quantiles
         peak_tflops, peak_gbps = {name: 1.0 for name in DTYPES}, 10.0
     else:
         import triton.testing as tt

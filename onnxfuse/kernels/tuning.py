@@ -31,7 +31,7 @@ from pathlib import Path
 from onnxfuse.errors import KernelError
 from onnxfuse.kernels.configs import KernelConfig
 
-__all__ = ["TuneKey", "Tuner", "token_bucket", "tuner"]
+__all__ = ["TuneKey", "Tuner", "set_tuner", "token_bucket", "tuner", "wall_quantiles"]
 
 _LOG = logging.getLogger(__name__)
 CACHE_ENV = "ONNXFUSE_AUTOTUNE_CACHE"
@@ -63,15 +63,21 @@ class TuneKey:
         return "|".join(str(v) for v in dataclasses.astuple(self))
 
 
-def _wall_clock(fn: Callable[[], None]) -> float:
-    """Median wall-clock milliseconds of a few runs (CPU, where the interpreter runs)."""
+def wall_quantiles(fn: Callable[[], None], quantiles: Sequence[float], runs: int = 5) -> list[float]:
+    """Wall-clock quantiles in milliseconds of ``runs`` runs after one warm-up (CPU, where
+    the interpreter runs)."""
     fn()
     samples = []
-    for _ in range(3):
+    for _ in range(runs):
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
-    return sorted(samples)[1]
+    samples.sort()
+    return [samples[min(runs - 1, int(q * runs))] for q in quantiles]
+
+
+def _wall_clock(fn: Callable[[], None]) -> float:
+    return wall_quantiles(fn, [0.5], runs=3)[0]
 
 
 def _cuda_timer(fn: Callable[[], None]) -> float:

@@ -67,6 +67,11 @@ def _device_name(x: torch.Tensor) -> str:
     return _device_label(x.device.index if x.is_cuda else None, interpreting())
 
 
+def _capturing(x: torch.Tensor) -> bool:
+    """Whether a CUDA graph is being captured on the current stream (no timing there)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 @functools.cache
 def _device_label(cuda_index: int | None, interpreted: bool) -> str:
     where = "cpu" if cuda_index is None else f"cuda {torch.cuda.get_device_name(cuda_index)}"
@@ -378,7 +383,8 @@ def fused_gated_mlp(
             key = tuning.TuneKey(_device_name(x), str(x.dtype).removeprefix("torch."), precision,
                                  stage, tuning.token_bucket(m), n, k, b_gate is not None)
             tuning.tuner().choose(key, CANDIDATES[shape_class(m), stage],
-                                  lambda cfg, launch=launch: launch(config=cfg))
+                                  lambda cfg, launch=launch: launch(config=cfg),
+                                  may_time=not _capturing(x))
         elif interpreting():
             launch(config=interpreter_config(m, n, k))
         else:

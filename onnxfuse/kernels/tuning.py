@@ -107,10 +107,11 @@ class Tuner:
         self.timings: dict[TuneKey, dict[str, float | str]] = {}  # per key: label -> ms or error
 
     def choose(self, key: TuneKey, candidates: Sequence[KernelConfig],
-               run: Callable[[KernelConfig], None]) -> KernelConfig:
+               run: Callable[[KernelConfig], None], *, may_time: bool = True) -> KernelConfig:
         """Run the fastest of ``candidates`` for ``key`` and return it. The first time (per
         process, or per cache file) each candidate is timed with ``run(config)``, which must
-        launch the whole stage; then the choice is remembered."""
+        launch the whole stage; then the choice is remembered. With ``may_time=False`` an
+        unknown key runs the first candidate and nothing is timed or remembered."""
         by_label = {c.label(): c for c in candidates}
         with self._lock:
             self._load()
@@ -118,6 +119,9 @@ class Tuner:
         if known is not None:
             run(known)
             return known
+        if not may_time:  # e.g. inside a CUDA graph capture: the default, not remembered
+            run(candidates[0])
+            return candidates[0]
         timer = self._timer or (_cuda_timer if key.device.startswith("cuda") else _wall_clock)
         results: dict[str, float | str] = {}
         for label, config in by_label.items():

@@ -73,6 +73,15 @@ def test_the_fastest_candidate_is_chosen_run_last_and_remembered() -> None:
     assert runs == [B.label()], "but its choice runs"
 
 
+def test_without_timing_an_unknown_key_runs_the_default_and_is_not_remembered() -> None:
+    timer = FakeTimer({A.label(): 2.0, B.label(): 1.0})
+    tuner = tuning.Tuner(timer=timer)
+    assert tuner.choose(KEY, (A, B), timer.run, may_time=False) == A
+    assert timer.timed == [] and tuner.timings == {}
+    assert tuner.choose(KEY, (A, B), timer.run) == B
+    assert tuner.choose(KEY, (A, B), timer.run, may_time=False) == B, "a known choice is used"
+
+
 def test_ties_go_to_the_earlier_candidate() -> None:
     timer = FakeTimer({A.label(): 1.0, B.label(): 1.0})
     assert tuning.Tuner(timer=timer).choose(KEY, (B, A), timer.run) == B
@@ -240,3 +249,23 @@ def test_tma_configs_fall_back_to_the_pointer_kernel_on_unaligned_rows(monkeypat
     assert spy.launches == 0
     _check(x, ws, y)
     assert not gated_mlp._tma_eligible(torch.empty(4, 8)[:, :6].contiguous().t())
+
+
+@pytest.mark.gpu
+def test_autotuned_calls_inside_a_cuda_graph_capture(process_tuner: None) -> None:
+    """A shape first seen during a capture runs the default tiles untimed; a tuned shape
+    replays its choice. Both graphs compute the reference."""
+    ws = _weights(256, 512, 7)
+    for rows, pretune in ((8, False), (200, True)):
+        x = torch.randn(rows, 256, device=DEVICE)
+        # Warm up outside the capture (compiles the kernels), tuning only the second shape.
+        fused_gated_mlp(x, *ws, precision="ieee", autotune=pretune)
+        y = torch.full_like(x, float("nan"))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fused_gated_mlp(x, *ws, precision="ieee", autotune=True, out=y)
+        graph.replay()
+        torch.cuda.synchronize()
+        _check(x, ws, y)
+    stages = sorted((k.stage, k.bucket) for k in tuning.tuner().timings)
+    assert stages == [("down", 256), ("gate_up", 256)], "only the pre-tuned shape was timed"

@@ -202,7 +202,8 @@ def _bench(shapes: list[tuple[str, int, int, int]], *, dry_run: bool = False) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true", help="the first two shapes only")
+    parser.add_argument("--quick", action="store_true",
+                        help="the acceptance shapes only (notebook n=2048, Llama-7B n=1)")
     parser.add_argument("--dry-run", action="store_true",
                         help="test this script on CPU: tiny shapes, interpreter, wall clock, made-up ceilings")
     args = parser.parse_args()

@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 test: $(STAMP) lint
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 # The tests marked slow (a model over 2 GiB: 2-5 min and 6.5 GiB of RAM), skipped by `make test`.
 test-slow: $(STAMP)

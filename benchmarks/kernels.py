@@ -132,9 +132,32 @@ def _ceilings(torch: Any) -> tuple[dict[str, float], float]:
     return tflops, gbps
 
 
-def _bench(shapes: list[tuple[str, int, int, int]], *, dry_run: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Time every implementation on every shape and dtype. ``dry_run``: the same code on CPU
-    under the interpreter with wall-clock timings and made-up ceilings, to test this script."""
+_HEADER = (f"{'shape':<15}{'dtype':<10}{'impl':<14}{'ms':>9}{'TFLOP/s':>9}{'GB/s':>8}{'%roof':>7}"
+           f"{'%bw':>6}{'x eager':>8}")
+# rel L2 of the fused op vs float64 above which a row is flagged (DESIGN.md's table).
+LIMITS = {"bfloat16": 2e-2, "float16": 5e-3, "tf32": 1e-3}
+
+
+def _line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"{r['shape']:<15}{r['dtype']:<10}{r['impl']:<14} FAILED: {r['error']}"
+    speedup = r.get("speedup_vs_eager")
+    line = (f"{r['shape']:<15}{r['dtype']:<10}{r['impl']:<14}{r['median_ms']:>9.4f}{r['tflops']:>9.1f}"
+            f"{r['gbps']:>8.0f}{r['pct_roofline']:>7.1f}{r['pct_bandwidth']:>6.1f}"
+            f"{'-' if speedup is None else f'{speedup:.2f}':>8}")
+    err = r.get("rel_l2_vs_float64")
+    if err is not None and err > LIMITS[r["dtype"]]:
+        line += f"  FAIL: rel L2 {err:.2e} > {LIMITS[r['dtype']]:.0e}"
+    return line
+
+
+def _bench(shapes: list[tuple[str, int, int, int]], dtypes: tuple[str, ...] = DTYPES, *,
+           dry_run: bool = False, report: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time every implementation on every shape and dtype, printing each row as it is
+    measured and calling ``report(rows, meta)`` after each shape and dtype (so a run cut
+    short keeps what it measured). A failing implementation becomes a row with ``error``.
+    ``dry_run``: the same code on CPU under the interpreter with wall-clock timings and
+    made-up ceilings, to test this script."""
     import torch
     import triton
 
@@ -143,19 +166,32 @@ def _bench(shapes: list[tuple[str, int, int, int]], *, dry_run: bool = False) ->
     from onnxfuse.kernels.reference import fused_gated_mlp_reference
 
     if dry_run:
-        device, gpu, compile_fn = "cpu", "cpu (dry run)", (lambda f: f)
+        device, gpu = "cpu", "cpu (dry run)"
         bench = graph_bench = tuning.wall_quantiles
         peak_tflops, peak_gbps = {name: 1.0 for name in DTYPES}, 10.0
+
+        def compile_fn(f: Any) -> Any:
+            return f
     else:
         import triton.testing as tt
 
-        device, gpu, compile_fn = "cuda", torch.cuda.get_device_name(), torch.compile
+        device, gpu = "cuda", torch.cuda.get_device_name()
         bench, graph_bench = tt.do_bench, functools.partial(tt.do_bench_cudagraph, rep=100)
         peak_tflops, peak_gbps = _ceilings(torch)
+
+        def compile_fn(f: Any) -> Any:
+            # A fresh dynamo per shape: every closure shares one code object, so its
+            # recompile limit (8) would silently leave later shapes uncompiled.
+            torch._dynamo.reset()
+            return torch.compile(f, dynamic=False)
     sheet = datasheet(gpu)
-    rows = []
+    meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+                measured_peak_tflops=peak_tflops, measured_peak_gbps=peak_gbps, datasheet=sheet,
+                dry_run=dry_run)
+    print(f"{gpu}: measured ceilings {peak_tflops} TFLOP/s, {peak_gbps:.0f} GB/s\n{_HEADER}", flush=True)
+    rows: list[dict[str, Any]] = []
     for label, n, d, d_ff in shapes:
-        for dtype_name in DTYPES:
+        for dtype_name in dtypes:
             dtype = torch.float32 if dtype_name == "tf32" else getattr(torch, dtype_name)
             torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
             precision = "tf32" if dtype_name == "tf32" and not dry_run else "ieee"
@@ -172,61 +208,83 @@ def _bench(shapes: list[tuple[str, int, int, int]], *, dry_run: bool = False) ->
             }
             before = set(tuning.tuner().timings)
             ref = fused_gated_mlp_reference(x, *ws, compute_dtype=torch.float64)
-            errors = {impl: ((impls[impl]().double() - ref).norm() / ref.norm()).item()
-                      for impl in ("triton", "triton-fixed")}  # the first call tunes
-            chosen = {key.stage: min((v, k) for k, v in tuning.tuner().timings[key].items()
-                                     if isinstance(v, float))[1]
-                      for key in set(tuning.tuner().timings) - before}
+            errors: dict[str, float | str] = {}
+            for impl in ("triton", "triton-fixed"):  # the first call tunes
+                try:
+                    errors[impl] = ((impls[impl]().double() - ref).norm() / ref.norm()).item()
+                except Exception as e:  # recorded in the row; the run goes on
+                    errors[impl] = f"{type(e).__name__}: {e}"
+            del ref
+            tuned = {key: tuning.tuner().timings[key] for key in set(tuning.tuner().timings) - before}
+            chosen = {key.stage: tuning.tuner().choice(key) for key in tuned}
             timings = {impl: (fn, bench) for impl, fn in impls.items()}
             if n <= GRAPH_MAX_TOKENS:  # tuned above: nothing is timed inside the capture
                 timings["triton-graph"] = (impls["triton"], graph_bench)
                 timings["eager-graph"] = (eager, graph_bench)
-            medians = {}
+            medians: dict[str, float] = {}
             for impl, (fn, timer) in timings.items():
-                p20, p50, p80 = timer(fn, quantiles=[0.2, 0.5, 0.8])
-                medians[impl] = p50
-                rows.append(dict(shape=label, n=n, d=d, d_ff=d_ff, dtype=dtype_name, impl=impl,
-                                 median_ms=p50, p20_ms=p20, p80_ms=p80,
-                                 **metrics(n, d, d_ff, dtype_name, p50, peak_tflops[dtype_name], peak_gbps, sheet),
-                                 rel_l2_vs_float64=errors.get(impl.removesuffix("-graph")),
-                                 configs=chosen if impl.startswith("triton") and impl != "triton-fixed" else None))
+                row: dict[str, Any] = dict(shape=label, n=n, d=d, d_ff=d_ff, dtype=dtype_name, impl=impl)
+                err = errors.get(impl.removesuffix("-graph"))
+                if isinstance(err, str):
+                    row["error"] = err
+                else:
+                    try:
+                        p20, p50, p80 = timer(fn, quantiles=[0.2, 0.5, 0.8])
+                    except Exception as e:  # recorded in the row; the run goes on
+                        row["error"] = f"{type(e).__name__}: {e}"
+                    else:
+                        medians[impl] = p50
+                        row.update(median_ms=p50, p20_ms=p20, p80_ms=p80,
+                                   **metrics(n, d, d_ff, dtype_name, p50, peak_tflops[dtype_name], peak_gbps, sheet),
+                                   rel_l2_vs_float64=err)
+                if impl in ("triton", "triton-graph"):
+                    row["configs"] = chosen
+                    row["tuning_ms"] = {key.stage: timed for key, timed in tuned.items()}
+                rows.append(row)
             for row in rows[-len(timings):]:
-                base = medians["eager-graph" if row["impl"].endswith("-graph") else "eager"]
-                row["speedup_vs_eager"] = base / row["median_ms"]
-    meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                measured_peak_tflops=peak_tflops, measured_peak_gbps=peak_gbps, datasheet=sheet,
-                dry_run=dry_run)
+                base = medians.get("eager-graph" if row["impl"].endswith("-graph") else "eager")
+                if "median_ms" in row:
+                    row["speedup_vs_eager"] = base / row["median_ms"] if base else None
+                print(_line(row), flush=True)
+            if report is not None:
+                report(rows, meta)
     return rows, meta
+
+
+def _write(path: Path | None, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dict(meta, rows=rows, acceptance=acceptance(rows)), indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the rows here (rewritten after each shape)")
     parser.add_argument("--quick", action="store_true",
-                        help="the acceptance shapes only (notebook n=2048, Llama-7B n=1)")
+                        help="the acceptance points only: notebook n=2048 and Llama-7B n=1, bf16 and TF32")
     parser.add_argument("--dry-run", action="store_true",
                         help="test this script on CPU: tiny shapes, interpreter, wall clock, made-up ceilings")
     args = parser.parse_args()
     import torch
 
+    def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+        _write(args.json, rows, meta)
+
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
-        rows, meta = _bench(DRY_RUN_SHAPES, dry_run=True)
+        rows, meta = _bench(DRY_RUN_SHAPES, dry_run=True, report=report)
     elif not torch.cuda.is_available():
         return _smoke()
+    elif args.quick:
+        rows, meta = _bench(SHAPES[:2], ("bfloat16", "tf32"), report=report)
     else:
-        rows, meta = _bench(SHAPES[:2] if args.quick else SHAPES)
-    print(f"{meta['gpu']}: measured ceilings {meta['measured_peak_tflops']} TFLOP/s, {meta['measured_peak_gbps']:.0f} GB/s")
-    print(f"{'shape':<15}{'dtype':<10}{'impl':<14}{'ms':>9}{'TFLOP/s':>9}{'GB/s':>8}{'%roof':>7}{'%bw':>6}{'x eager':>8}")
-    for r in rows:
-        print(f"{r['shape']:<15}{r['dtype']:<10}{r['impl']:<14}{r['median_ms']:>9.4f}{r['tflops']:>9.1f}"
-              f"{r['gbps']:>8.0f}{r['pct_roofline']:>7.1f}{r['pct_bandwidth']:>6.1f}{r['speedup_vs_eager']:>8.2f}")
-    checks = acceptance(rows)
-    for point, value, threshold, passed in checks:
+        rows, meta = _bench(SHAPES, report=report)
+    for point, value, threshold, passed in acceptance(rows):
         shown = "not measured" if value is None else f"{value:.2f}"
         print(f"acceptance: {point} = {shown} (>= {threshold}): {'PASS' if passed else 'FAIL'}")
-    if args.json:
-        args.json.write_text(json.dumps(dict(meta, rows=rows, acceptance=checks), indent=2) + "\n")
+    _write(args.json, rows, meta)
     return 0
 
 

@@ -129,7 +129,10 @@ class Tuner:
                 results[label] = float(timer(lambda config=config: run(config)))
             except Exception as e:  # a candidate this GPU cannot run: skip it, keep the reason
                 results[label] = f"{type(e).__name__}: {e}"
-                _LOG.debug("autotune %s: %s failed: %s", key.text(), label, e)
+                # Too much shared memory for this GPU is expected of some tiles; anything
+                # else is a bug worth seeing.
+                level = logging.DEBUG if type(e).__name__ == "OutOfResources" else logging.WARNING
+                _LOG.log(level, "autotune %s: candidate %s failed: %s", key.text(), label, results[label])
         timed = {label: ms for label, ms in results.items() if isinstance(ms, float)}
         if not timed:
             first = next(iter(results.values()), "no candidates")
@@ -144,6 +147,12 @@ class Tuner:
             self._save()
         run(by_label[best])
         return by_label[best]
+
+    def choice(self, key: TuneKey) -> str | None:
+        """The label of the config chosen for ``key`` (timed or from the cache file), if any."""
+        with self._lock:
+            self._load()
+            return self._choices.get(key.text())
 
     def _load(self) -> None:
         if self._loaded:

@@ -97,3 +97,28 @@ def test_the_gpu_code_path_runs_end_to_end_as_a_dry_run(tmp_path: Path) -> None:
         "notebook bfloat16 speedup_vs_eager (triton)", "notebook bfloat16 pct_roofline (triton)",
         "notebook tf32 speedup_vs_eager (triton)", "llama7b-n1 bfloat16 pct_bandwidth (triton-graph)"]
     assert "acceptance: notebook bfloat16 pct_roofline (triton) = not measured (>= 65.0): FAIL" in proc.stdout
+
+
+def test_a_failing_implementation_is_a_row_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One implementation raising must not cost the others' figures; each shape is reported
+    as soon as it is measured."""
+    from onnxfuse.kernels import gated_mlp
+
+    bench = _module()
+    real = gated_mlp.fused_gated_mlp
+
+    def broken_when_fixed(*args: object, autotune: bool | None = None, **kw: object) -> object:
+        if autotune is False:
+            raise RuntimeError("planted")
+        return real(*args, autotune=autotune, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gated_mlp, "fused_gated_mlp", broken_when_fixed)
+    reports: list[int] = []
+    rows, _ = bench._bench([("t1", 1, 16, 24), ("t3", 3, 16, 24)], ("tf32",), dry_run=True,
+                              report=lambda rows, meta: reports.append(len(rows)))
+    assert reports == [6, 12], "a report after each shape"
+    fixed = [r for r in rows if r["impl"] == "triton-fixed"]
+    assert [r["error"] for r in fixed] == ["RuntimeError: planted"] * 2
+    assert all("median_ms" in r for r in rows if r["impl"] != "triton-fixed")
+    assert "FAILED: RuntimeError: planted" in bench._line(fixed[0])
+    assert "FAIL: rel L2" in bench._line(dict(rows[0], rel_l2_vs_float64=0.5))

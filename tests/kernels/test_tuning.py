@@ -87,11 +87,15 @@ def test_ties_go_to_the_earlier_candidate() -> None:
     assert tuning.Tuner(timer=timer).choose(KEY, (B, A), timer.run) == B
 
 
-def test_failing_candidates_are_skipped_and_all_failing_is_a_kernel_error() -> None:
+def test_failing_candidates_are_skipped_and_all_failing_is_a_kernel_error(caplog: pytest.LogCaptureFixture) -> None:
     timer = FakeTimer({A.label(): None, B.label(): 3.0})  # type: ignore[dict-item]
     tuner = tuning.Tuner(timer=timer)
-    assert tuner.choose(KEY, (A, B), timer.run) == B
+    with caplog.at_level(logging.WARNING, logger="onnxfuse.kernels.tuning"):
+        assert tuner.choose(KEY, (A, B), timer.run) == B
     assert "out of resources" in str(tuner.timings[KEY][A.label()])
+    assert f"candidate {A.label()} failed: RuntimeError: out of resources" in caplog.text, \
+        "a failure other than OutOfResources is a warning"
+    assert tuner.choice(KEY) == B.label()
     timer = FakeTimer({A.label(): None, B.label(): None})  # type: ignore[dict-item]
     with pytest.raises(KernelError, match=r"no candidate config runs for gate_up 40x24 .*out of resources"):
         tuning.Tuner(timer=timer).choose(KEY, (A, B), timer.run)
@@ -178,23 +182,40 @@ def test_shape_classes_and_defaults() -> None:
     assert all(len(set(c.label() for c in cfgs)) == len(cfgs) for cfgs in CANDIDATES.values()), labels
 
 
+# On CPU float32 IEEE (the interpreter's cost); on a GPU the tensor-core paths users get.
+CANDIDATE_DTYPES = ([("float32", "ieee")] if DEVICE == "cpu"
+                    else [("float32", "tf32"), ("bfloat16", "tf32")])
+
+
+@pytest.mark.parametrize("dtype_name,precision", CANDIDATE_DTYPES)
 @pytest.mark.parametrize("cls_stage", list(CANDIDATES), ids=lambda k: "-".join(k))
-def test_every_gpu_candidate_computes_the_reference(cls_stage: tuple[str, str]) -> None:
-    """Each candidate's tiles on an odd shape smaller and larger than its tiles (every mask),
-    the output poisoned first; the gate/up candidates drive both launches."""
+def test_every_gpu_candidate_computes_the_reference(cls_stage: tuple[str, str], dtype_name: str,
+                                                     precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each candidate's tiles on a shape odd against every tile (partial tiles in M, N and K)
+    but with 16-byte rows, so the TMA tiles really run TMA; the output poisoned first. The
+    gate/up candidates drive both launches."""
+    from onnxfuse.kernels import gated_mlp
+
+    spy = _Spy(gated_mlp._gemm_tma_kernel)
+    monkeypatch.setattr(gated_mlp, "_gemm_tma_kernel", spy)
+    dtype = getattr(torch, dtype_name)
     cls, stage = cls_stage
     for i, config in enumerate(CANDIDATES[cls_stage]):
         rows = 20 if cls == "decode" else 200  # 2 row tiles, the last partial
-        d, d_ff = (150, 150) if stage == "gate_up" else (40, 300)  # partial N tiles; long K for a split
-        ws = _weights(d, d_ff, i)
-        x = torch.randn(rows, d, device=DEVICE)
+        d, d_ff = (152, 312) if stage == "gate_up" else (40, 312)  # long K for the split-K tiles
+        ws = [w.to(dtype) for w in _weights(d, d_ff, i)]
+        x = torch.randn(rows, d, device=DEVICE).to(dtype)
         kw = dict(config=config) if stage == "gate_up" else dict(down_config=config, config=KernelConfig(32, 32, 32))
+        before = spy.launches
         try:
-            y = fused_gated_mlp(x, *ws, precision="ieee", out=torch.full_like(x, float("nan")), **kw)  # type: ignore[arg-type]
+            y = fused_gated_mlp(x, *ws, precision=precision, out=torch.full_like(x, float("nan")), **kw)  # type: ignore[arg-type]
         except OutOfResources:  # a float32 tile too big for this GPU: the tuner skips it too
             assert i > 0, f"the default {config.label()} must fit"
             continue
-        _check(x, ws, y)
+        assert spy.launches - before == (config.tma * (2 if stage == "gate_up" else 1)), config.label()
+        ref = fused_gated_mlp_reference(x.cpu(), *(w.cpu() for w in ws), compute_dtype=torch.float64)
+        c = compare("y", y.float().cpu().numpy(), ref.numpy(), limit=tolerance(dtype_name, precision))  # type: ignore[arg-type]
+        assert c.passed, f"{config.label()}: {c.detail}"
 
 
 class _Spy:

@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["KernelConfig", "activate", "fused_gated_mlp", "fused_gated_mlp_reference", "interpreting"]
 
-_LAZY = {"KernelConfig": "gated_mlp", "fused_gated_mlp": "gated_mlp",
+_LAZY = {"KernelConfig": "configs", "fused_gated_mlp": "gated_mlp",
          "activate": "reference", "fused_gated_mlp_reference": "reference"}
 
 

@@ -146,7 +146,12 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from onnxfuse.kernels.gated_mlp import ACTIVATION_IDS, _gemm_kernel, _gemm_tma_kernel
+    from onnxfuse.kernels.gated_mlp import (
+        ACTIVATION_IDS,
+        _constexprs,
+        _gemm_kernel,
+        _gemm_tma_kernel,
+    )
 
     if not isinstance(_gemm_kernel, triton.runtime.JITFunction):
         raise KernelError("ahead-of-time compilation needs compiled Triton: unset TRITON_INTERPRET")
@@ -161,9 +166,8 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
     n, k = (d_ff, d) if gated else (d, d_ff)
     elt = _TRITON_DTYPES[dtype]
     ptr = f"*{elt}"
-    constants: dict[str, object] = dict(
-        GATED=gated, HAS_BIAS=biased, ACTIVATION=ACTIVATION_IDS[activation], UPCAST=False,
-        PRECISION="tf32" if dtype == "float32" else "ieee")
+    constants = _constexprs(cfg, gated=gated, biased=biased, activation=activation,
+                            precision="tf32" if dtype == "float32" else "ieee", upcast=False)
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
     if cfg.tma:
         kernel_fn = _gemm_tma_kernel
@@ -179,11 +183,11 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
             stride_am=k, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n, stride_cn=1,
             stride_cs=0 if cfg.split_k == 1 else m * n)
         constants["SPLIT_K"] = cfg.split_k
-    constants.update(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.group_m)
     args.update({name: ("constexpr", value) for name, value in constants.items()})
-    if list(args) != list(kernel_fn.arg_names):
+    if set(args) != set(kernel_fn.arg_names):
         raise KernelError(f"internal: kernel arguments {kernel_fn.arg_names} != {list(args)}")
-    signature, constexprs, attrs = specialisation(args)
+    # In the kernel's order: the hints are keyed by argument position.
+    signature, constexprs, attrs = specialisation({name: args[name] for name in kernel_fn.arg_names})
     source = ASTSource(kernel_fn, signature, constexprs=constexprs, attrs=attrs)
     try:
         kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32),

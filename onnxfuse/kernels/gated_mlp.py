@@ -78,9 +78,18 @@ def _device_label(cuda_index: int | None, interpreted: bool) -> str:
     return f"{where}{' interpreter' if interpreted else ''}, triton {triton.__version__}"
 
 
-def choose_configs(tokens: int) -> tuple[KernelConfig, KernelConfig]:
-    """(gate/up config, down config) for ``tokens`` rows on a GPU without tuning."""
-    return default_configs(tokens)
+# (gate/up config, down config) for a number of rows on a GPU without tuning.
+choose_configs = default_configs
+
+
+def _constexprs(config: KernelConfig, *, gated: bool, biased: bool, activation: str,
+                precision: str, upcast: bool) -> dict[str, object]:
+    """The compile-time arguments both GEMM kernels take for one launch (``SPLIT_K`` apart,
+    which only the pointer kernel has): what a launch passes and what the AOT build compiles.
+    ``precision`` is the one the dot uses (``ieee`` for 16-bit inputs)."""
+    return dict(GATED=gated, HAS_BIAS=biased, ACTIVATION=ACTIVATION_IDS[activation], UPCAST=upcast,
+                PRECISION=precision, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                BLOCK_K=config.block_k, GROUP_M=config.group_m)
 
 
 @triton.jit
@@ -289,10 +298,9 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
     N = b1.shape[1]
     upcast = interpreting() and a.dtype == torch.bfloat16
     split_k = 1 if gated else max(1, min(config.split_k, triton.cdiv(K, config.block_k)))
-    constexprs = dict(GATED=gated, HAS_BIAS=bias1 is not None, ACTIVATION=ACTIVATION_IDS[activation],
-                      UPCAST=upcast, PRECISION=precision if a.dtype == torch.float32 else "ieee",
-                      BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                      GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages)
+    constexprs = _constexprs(config, gated=gated, biased=bias1 is not None, activation=activation,
+                             precision=precision if a.dtype == torch.float32 else "ieee", upcast=upcast)
+    constexprs.update(num_warps=config.num_warps, num_stages=config.num_stages)
     operands = (a, b1, c) if b2 is None else (a, b1, b2, c)
     if config.tma and split_k == 1 and _tma_eligible(*operands):
         bm, bn, bk = config.block_m, config.block_n, config.block_k
@@ -377,18 +385,18 @@ def fused_gated_mlp(
          down_config or config),
     )
     for stage, launch, n, k, explicit in stages:
+        candidates = CANDIDATES[shape_class(m), stage]
         if explicit is not None:
             launch(config=explicit)
         elif tune:
             key = tuning.TuneKey(_device_name(x), str(x.dtype).removeprefix("torch."), precision,
                                  stage, tuning.token_bucket(m), n, k, b_gate is not None)
-            tuning.tuner().choose(key, CANDIDATES[shape_class(m), stage],
-                                  lambda cfg, launch=launch: launch(config=cfg),
+            tuning.tuner().choose(key, candidates, lambda cfg, launch=launch: launch(config=cfg),
                                   may_time=not _capturing(x))
         elif interpreting():
             launch(config=interpreter_config(m, n, k))
         else:
-            launch(config=default_configs(m)[0 if stage == "gate_up" else 1])
+            launch(config=candidates[0])
     if not y.is_contiguous():
         y.copy_(y2.view(y.shape))
     return y

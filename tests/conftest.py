@@ -41,7 +41,9 @@ def has_smollm2() -> bool:
 def has_cuda() -> bool:
     import torch
 
-    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+    from onnxfuse.kernels import interpreting
+
+    return torch.cuda.is_available() and not interpreting()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

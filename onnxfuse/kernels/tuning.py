@@ -22,13 +22,13 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from onnxfuse.errors import KernelError
+from onnxfuse import fileio
+from onnxfuse.errors import KernelError, OutputError
 from onnxfuse.kernels.configs import KernelConfig
 
 __all__ = ["TuneKey", "Tuner", "set_tuner", "token_bucket", "tuner", "wall_quantiles"]
@@ -169,19 +169,11 @@ class Tuner:
     def _save(self) -> None:
         if self._cache_path is None:
             return
-        folder = self._cache_path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self._cache_path.name}.", dir=folder)
-        except OSError as e:
-            _LOG.warning("cannot write the autotune cache %s: %s", self._cache_path, e)
-            return
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._choices, f, indent=1, sort_keys=True)
-            os.replace(tmp, self._cache_path)
-        except OSError as e:
-            Path(tmp).unlink(missing_ok=True)
+            self._cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with fileio.staged_outputs(self._cache_path) as stage:  # atomic: whole or absent
+                (stage / self._cache_path.name).write_text(json.dumps(self._choices, indent=1, sort_keys=True))
+        except (OSError, OutputError) as e:
             _LOG.warning("cannot write the autotune cache %s: %s", self._cache_path, e)
 
 

@@ -10,7 +10,7 @@ import pytest
 import onnxfuse
 
 PUBLIC_MODULES = ["onnxfuse", "onnxfuse.errors", "onnxfuse.numerics", "onnxfuse.fileio",
-                  "onnxfuse.opset", "onnxfuse.models", "onnxfuse.exporters", "onnxfuse.graph_rewrites",
+                  "onnxfuse.ops", "onnxfuse.models", "onnxfuse.exporters", "onnxfuse.graph_rewrites",
                   "onnxfuse.kernels", "onnxfuse.pipeline.api"]
 
 

@@ -15,7 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
 
-from onnxfuse import opset
+from onnxfuse import ops
 from onnxfuse.errors import InvalidModelError, RewriteError, UnsupportedError
 from onnxfuse.fileio import check_output, staged_outputs
 from onnxfuse.graph_rewrites import _rules, _safety, _scan
@@ -125,14 +125,14 @@ def _annotate(model: ir.Model, node: ir.Node, index: int) -> FusedNode:
     shape = _safety.constant_shape(node.inputs[1])  # type: ignore[arg-type]
     d, d_ff = shape if shape is not None else (0, 0)
     activation = node.attributes["activation"].as_string()
-    biased = len(node.inputs) > opset.REQUIRED_INPUTS
+    biased = len(node.inputs) > ops.FUSED_GATED_MLP.required_inputs
     # The down projection's output name is kept by the rewriter; derive a stable node name.
     node.name = f"FusedGatedMLP_{index}"
-    node.doc_string = (f"onnxfuse: gated MLP fused by {rule}: {activation}(X @ W_gate"
-                       f"{' + B_gate' if biased else ''}) * (X @ W_up{' + B_up' if biased else ''})"
-                       f" @ W_down{' + B_down' if biased else ''}; d={d}, d_ff={d_ff}; "
-                       f"the function {opset.DOMAIN}::{opset.OP_TYPE} (overload "
-                       f"{node.overload!r}) holds the original nodes")
+    spec = ops.FUSED_GATED_MLP
+    formula = spec.describe({"activation": activation}, spec.input_names[:len(node.inputs)])
+    node.doc_string = (f"onnxfuse: gated MLP fused by {rule}: {formula}; d={d}, d_ff={d_ff}; "
+                       f"the function {spec.qualified_name} (overload {node.overload!r}) holds "
+                       "the original nodes")
     node.metadata_props.update({
         f"{_META_PREFIX}rule": rule, f"{_META_PREFIX}replaced": ",".join(replaced),
         f"{_META_PREFIX}d": str(d), f"{_META_PREFIX}d_ff": str(d_ff),
@@ -150,14 +150,14 @@ def _strip_function_value_info(model: ir.Model) -> None:
     function's value_info but does not read them back, so keeping them would make a
     rewrite of a rewritten model differ by bytes. Types inside are inferred from the call."""
     for function in model.functions.values():
-        if function.domain != opset.DOMAIN:
+        if function.domain != ops.DOMAIN:
             continue
         for value in [*function.inputs, *(o for n in function for o in n.outputs)]:
             value.type, value.shape = None, None
 
 
 def _is_fused(node: ir.Node) -> bool:
-    return node.domain == opset.DOMAIN and node.op_type == opset.OP_TYPE
+    return ops.is_fused(node)
 
 
 def _used(graph: ir.Graph) -> tuple[set[int], set[str]]:
@@ -190,17 +190,17 @@ def fuse_model(model: ir.Model) -> tuple[list[FusedNode], list[_scan.NearMiss]]:
         UnsupportedError: the model imports another version of the onnxfuse opset.
     """
     for owner in (model, *model.functions.values()):
-        version = owner.opset_imports.get(opset.DOMAIN, opset.VERSION)
-        if version != opset.VERSION:
+        version = owner.opset_imports.get(ops.DOMAIN, ops.OPSET_VERSION)
+        if version != ops.OPSET_VERSION:
             raise UnsupportedError(
-                f"the model imports the {opset.DOMAIN} opset version {version}; this onnxfuse "
-                f"writes version {opset.VERSION}: rewrite the original model, or upgrade onnxfuse")
+                f"the model imports the {ops.DOMAIN} opset version {version}; this onnxfuse "
+                f"writes version {ops.OPSET_VERSION}: rewrite the original model, or upgrade onnxfuse")
     before = {id(n) for n in model.graph if _is_fused(n)}
     used_before = _used(model.graph)
     count = _rule_set().apply_to_model(model)
     fused = []
     if count:
-        model.opset_imports[opset.DOMAIN] = opset.VERSION
+        model.opset_imports[ops.DOMAIN] = ops.OPSET_VERSION
         existing = sum(1 for n in model.graph if _is_fused(n) and id(n) in before)
         for node in model.graph:
             if _is_fused(node) and id(node) not in before:
@@ -215,7 +215,7 @@ def unfuse_model(model: ir.Model) -> int:
     count = sum(1 for n in model.graph if _is_fused(n))
     if count:
         common_passes.InlinePass()(model)
-        model.opset_imports.pop(opset.DOMAIN, None)
+        model.opset_imports.pop(ops.DOMAIN, None)
         common_passes.RemoveUnusedNodesPass()(model)
     return count
 

@@ -16,7 +16,7 @@ from typing import Any
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from onnxfuse import opset
+from onnxfuse import ops
 from onnxfuse.graph_rewrites import _safety, _scan
 
 __all__ = ["ACTIVATION_FORMS", "GatedMLPFusion", "all_rules"]
@@ -152,8 +152,8 @@ class GatedMLPFusion(pattern.RewriteRuleClassBase):
             inputs[1:] = [_transposed(op, w) for w in inputs[1:]]
         if self.biased:
             inputs += [b_gate, b_up, b_down]
-        return op.FusedGatedMLP(*inputs, activation=self.activation, _domain=opset.DOMAIN,
-                                _version=opset.VERSION)
+        return op.FusedGatedMLP(*inputs, activation=self.activation, _domain=ops.DOMAIN,
+                                _version=ops.OPSET_VERSION)
 
 
 def _transposed(op: Any, w: ir.Value) -> ir.Value:

@@ -38,7 +38,7 @@ try:  # Triton >= 3.4: host-side TMA descriptors
 except ImportError:  # pragma: no cover - older Triton: TMA configs use the pointer kernel
     _TensorDescriptor = None  # type: ignore[assignment,misc]
 
-from onnxfuse import opset
+from onnxfuse import ops
 from onnxfuse.errors import KernelError
 from onnxfuse.kernels import interpreting, tuning
 from onnxfuse.kernels.configs import (
@@ -340,7 +340,7 @@ def fused_gated_mlp(
     b_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
     *,
-    activation: str = opset.DEFAULT_ACTIVATION,
+    activation: str = ops.FUSED_GATED_MLP.attribute("activation").default,
     precision: str = "tf32",
     out: torch.Tensor | None = None,
     config: KernelConfig | None = None,

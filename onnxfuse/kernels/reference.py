@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from onnxfuse import opset
+from onnxfuse import ops
 
 __all__ = ["activate", "fused_gated_mlp_reference"]
 
@@ -23,7 +23,7 @@ def activate(g: torch.Tensor, activation: str) -> torch.Tensor:
         return 0.5 * g * (1.0 + torch.erf(g / math.sqrt(2.0)))
     if activation == "gelu_tanh":
         return 0.5 * g * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * g**3)))
-    raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(opset.ACTIVATIONS)}")
+    raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ops.FUSED_GATED_MLP.attribute('activation').values)}")
 
 
 def fused_gated_mlp_reference(
@@ -35,7 +35,7 @@ def fused_gated_mlp_reference(
     b_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
     *,
-    activation: str = opset.DEFAULT_ACTIVATION,
+    activation: str = ops.FUSED_GATED_MLP.attribute("activation").default,
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The op in plain torch.

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxfuse import models, opset
+from onnxfuse import models, ops
 from onnxfuse.errors import InvalidModelError, UnsupportedError, UserError
 from onnxfuse.modelfile import read_model
 
@@ -54,7 +54,7 @@ def model_info(path: str | os.PathLike[str]) -> ModelInfo:
         (v.name, v.type.tensor_type.elem_type,
          tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim))
         for v in header.graph.input)
-    fused = [n for n in header.graph.node if n.domain == opset.DOMAIN and n.op_type == opset.OP_TYPE]
+    fused = [n for n in header.graph.node if ops.is_fused(n)]
     return ModelInfo(p, inputs, tuple(o.name for o in header.graph.output),
                      {m.key: m.value for m in header.metadata_props},
                      tuple(n.name for n in fused), tuple(n.output[0] for n in fused))

@@ -1,0 +1,67 @@
+"""The fused-op registry: its derived facts and the C header generated from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from onnxfuse import ops
+
+GATED = ops.FUSED_GATED_MLP
+
+
+def test_op_ids_are_their_positions_and_names_unique() -> None:
+    assert [s.op_id for s in ops.REGISTRY] == list(range(len(ops.REGISTRY)))
+    assert len({(s.domain, s.op_type) for s in ops.REGISTRY}) == len(ops.REGISTRY)
+
+
+def test_optional_inputs_follow_the_required_ones() -> None:
+    for spec in ops.REGISTRY:
+        flags = [i.optional for i in spec.inputs]
+        assert flags == sorted(flags), spec.op_type
+    assert GATED.required_inputs == 4
+    assert GATED.input_names[:4] == ("X", "W_gate", "W_up", "W_down")
+
+
+def test_describe_fills_attributes_and_drops_absent_terms() -> None:
+    assert GATED.describe({"activation": "gelu"}, ["X", "W_gate", "W_up", "W_down"]) == \
+        "gelu(X @ W_gate) * (X @ W_up) @ W_down"
+    assert GATED.describe({}, GATED.input_names) == \
+        "silu(X @ W_gate + B_gate) * (X @ W_up + B_up) @ W_down + B_down"
+
+
+def test_attribute_codes_and_unknown_values() -> None:
+    activation = GATED.attribute("activation")
+    assert [activation.code(v) for v in activation.values] == [0, 1, 2]
+    with pytest.raises(ValueError, match="unknown activation 'relu': choose one of silu, gelu"):
+        activation.code("relu")
+    with pytest.raises(KeyError, match="no attribute 'alpha'"):
+        GATED.attribute("alpha")
+
+
+def test_find_names_only_registered_ops() -> None:
+    assert ops.find(SimpleNamespace(domain="onnxfuse", op_type="FusedGatedMLP")) is GATED
+    for domain, op_type in (("", "FusedGatedMLP"), ("onnxfuse", "MatMul"), ("com.microsoft", "Gelu")):
+        assert not ops.is_fused(SimpleNamespace(domain=domain, op_type=op_type))
+
+
+def test_c_header_compiles_and_embeds_the_contract(tmp_path: Path) -> None:
+    header = ops.c_header()
+    assert json.loads(json.loads(header.split("kContract = ", 1)[1].split(";\n", 1)[0])) == \
+        json.loads(json.dumps(ops.contract(), sort_keys=True))
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    (tmp_path / "onnxfuse_ops.h").write_text(header)
+    source = tmp_path / "use.cc"
+    source.write_text('#include "onnxfuse_ops.h"\n'
+                      "static_assert(onnxfuse_ops::kFusedGatedMLP_NumInputs == 7, \"\");\n"
+                      "static_assert(onnxfuse_ops::kFusedGatedMLP_activation_Count == 3, \"\");\n"
+                      "int main() { return onnxfuse_ops::kFusedGatedMLP_Id; }\n")
+    subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-I", str(tmp_path), str(source)],
+                   check=True, capture_output=True)

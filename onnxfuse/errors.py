@@ -18,6 +18,7 @@ __all__ = [
     "RewriteError",
     "UnsupportedError",
     "UserError",
+    "first_line",
 ]
 
 
@@ -65,3 +66,12 @@ class ParityError(OnnxfuseError):
     """Numbers disagree beyond their tolerance (exit 1)."""
 
     exit_code = 1
+
+
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first non-blank line of ``error``'s message (third-party messages run to pages),
+    or ``default`` (the exception's type name if not given) when the message is empty."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__ if default is None else default

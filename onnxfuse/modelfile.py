@@ -27,7 +27,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
-from onnxfuse.errors import InvalidModelError, ModelNotFoundError
+from onnxfuse.errors import InvalidModelError, ModelNotFoundError, first_line
 
 __all__ = ["MAX_INPUT_ELEMENTS", "MAX_MODEL_BYTES", "read_model"]
 
@@ -369,7 +369,7 @@ class _Checker:
         try:
             onnx.checker.check_model(checked)
         except Exception as e:  # ValidationError, or whatever else the checker raises on it
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise self.fail(f"onnx.checker: {first[:300]}", "fix or re-export the model") from None
 
 

@@ -65,3 +65,11 @@ def test_c_header_compiles_and_embeds_the_contract(tmp_path: Path) -> None:
                       "int main() { return onnxfuse_ops::kFusedGatedMLP_Id; }\n")
     subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-I", str(tmp_path), str(source)],
                    check=True, capture_output=True)
+
+
+def test_first_line_of_an_error() -> None:
+    from onnxfuse.errors import first_line
+
+    assert first_line(RuntimeError("\n  \n  cannot load\nstack trace...")) == "cannot load"
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(ValueError("   \n"), "") == ""

@@ -18,7 +18,7 @@ import onnx_ir as ir
 import torch
 
 from onnxfuse import models
-from onnxfuse.errors import ExportError, ParityError, UnsupportedError, UserError
+from onnxfuse.errors import ExportError, ParityError, UnsupportedError, UserError, first_line
 from onnxfuse.fileio import check_output, staged_outputs
 from onnxfuse.numerics import DTYPES, Comparison, DType, compare, tolerance
 
@@ -208,7 +208,7 @@ def _session(path: Path) -> object:
                 f"(node {node!r}), so this export cannot be verified on CPU: export float32 or "
                 "float16, or pass --no-verify to keep an export checked by onnx.checker only"
             ) from None
-        raise ExportError(f"ONNX Runtime cannot load the export: {text.strip().splitlines()[0]}") from e
+        raise ExportError(f"ONNX Runtime cannot load the export: {first_line(e)}") from e
 
 
 def _to_ort_feed(name: str, tensor: torch.Tensor) -> object:
@@ -260,7 +260,7 @@ def verify(path: str | os.PathLike[str], ex: models.Exportable, *,
             got = _ort_outputs(session, ex.input_names, inputs)
         except Exception as e:
             raise ExportError(f"ONNX Runtime failed on batch={batch} seq={seq}: "
-                              f"{str(e).strip().splitlines()[0]}") from e
+                              f"{first_line(e)}") from e
         want = _torch_outputs(ex, inputs)
         results.append(VerifyShape(batch, seq, tuple(
             compare(name, g, w, limit=limit) for name, g, w in zip(ex.output_names, got, want, strict=True)
@@ -313,13 +313,13 @@ def export(config: ExportConfig) -> ExportResult:
         except (UserError, ExportError):
             raise
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise ExportError(f"the {config.exporter} exporter failed on {ex.name}: {first}") from e
         log.info("checking with onnx.checker (full check)")
         try:
             onnx.checker.check_model(os.fspath(staged), full_check=True)
         except onnx.checker.ValidationError as e:
-            raise ExportError(f"the export of {ex.name} fails onnx.checker: {str(e).splitlines()[0]}") from e
+            raise ExportError(f"the export of {ex.name} fails onnx.checker: {first_line(e)}") from e
         header = onnx.load(os.fspath(staged), load_external_data=False)
         checks: tuple[VerifyShape, ...] = ()
         if config.verify:

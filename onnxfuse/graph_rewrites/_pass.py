@@ -16,7 +16,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
 
 from onnxfuse import ops
-from onnxfuse.errors import InvalidModelError, RewriteError, UnsupportedError
+from onnxfuse.errors import InvalidModelError, RewriteError, UnsupportedError, first_line
 from onnxfuse.fileio import check_output, staged_outputs
 from onnxfuse.graph_rewrites import _rules, _safety, _scan
 from onnxfuse.modelfile import read_model
@@ -250,7 +250,7 @@ def _load(path: Path) -> ir.Model:
     except Exception as e:
         while e.__cause__ is not None:  # onnx_ir wraps the reason in "Error calling ..."
             e = e.__cause__  # type: ignore[assignment]
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise InvalidModelError(f"cannot read {path} as an ONNX model: {first}") from None
     ir.external_data.set_base_dir(model.graph, path.parent)
     return model

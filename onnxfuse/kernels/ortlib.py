@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onnxfuse.errors import KernelError, UnsupportedError
+from onnxfuse.errors import KernelError, UnsupportedError, first_line
 from onnxfuse.kernels import _ortbuild
 from onnxfuse.kernels._ortbuild import LIBRARY_NAME
 
@@ -106,7 +106,7 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
     except UnsupportedError:
         raise
     except Exception as e:
-        raise UnsupportedError(f"ONNX Runtime cannot load the onnxfuse plugin: {str(e).splitlines()[0]}; "
+        raise UnsupportedError(f"ONNX Runtime cannot load the onnxfuse plugin: {first_line(e)}; "
                                "rebuild it (python -m onnxfuse.kernels.ortlib) or run without it "
                                "(--backend none: fused models run their function bodies)") from e
     return so

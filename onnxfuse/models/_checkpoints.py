@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxfuse.errors import InvalidModelError, ModelNotFoundError, UnsupportedError
+from onnxfuse.errors import InvalidModelError, ModelNotFoundError, UnsupportedError, first_line
 from onnxfuse.models._gguf import check_gguf_structure
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def load_pretrained(source: str | os.PathLike[str]) -> torch.nn.Module:
             where, dtype=torch.float32, attn_implementation="eager", output_loading_info=True,
             **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise InvalidModelError(f"transformers cannot load {path}: {first}") from e
     model, info = loaded
     if info["missing_keys"]:

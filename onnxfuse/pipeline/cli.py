@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, first_line
 
 __all__ = ["main"]
 
@@ -413,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("ONNXFUSE_DEBUG"):
             traceback.print_exc()
-        first = (str(e).strip().splitlines() or [""])[0]
+        first = first_line(e, "")
         sys.stderr.write(f"onnxfuse {args.command}: internal error: {type(e).__name__}: {first} "
                          "(set ONNXFUSE_DEBUG=1 for the traceback)\n")
         return 3

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from onnxfuse import models, ops
-from onnxfuse.errors import InvalidModelError, UnsupportedError, UserError
+from onnxfuse.errors import InvalidModelError, UnsupportedError, UserError, first_line
 from onnxfuse.modelfile import read_model
 
 __all__ = ["BACKENDS", "ModelInfo", "make_inputs", "model_info", "plugin_options", "run", "session"]
@@ -91,7 +91,7 @@ def session(path: str | os.PathLike[str], *, device: str = "cpu", optimize: bool
     try:
         sess = ort.InferenceSession(source, so, providers=_PROVIDERS[device])
     except Exception as e:
-        raise InvalidModelError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
+        raise InvalidModelError(f"ONNX Runtime cannot load {path}: {first_line(e)}") from None
     if _PROVIDERS[device][0] not in sess.get_providers():
         raise UserError(f"ONNX Runtime has no {_PROVIDERS[device][0]} here (got {sess.get_providers()}): "
                         "install onnxruntime-gpu or use --device cpu")
@@ -145,7 +145,7 @@ def run(sess: Any, feeds: dict[str, np.ndarray], path: str | os.PathLike[str]) -
         return sess.run(None, feeds)  # type: ignore[no-any-return]
     except (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException,
             ort_state.NotImplemented, ValueError) as e:  # ValueError: feeds that do not match
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise InvalidModelError(f"ONNX Runtime cannot run {path}: {first[:300]}") from None
 
 

@@ -15,8 +15,10 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-slow lint install clean
 
-# The editable install builds the ORT plugin (setup.py): a change to its sources reinstalls.
-PLUGIN_SOURCES := setup.py onnxfuse/kernels/_ortbuild.py $(wildcard onnxfuse/kernels/ort/*)
+# The editable install builds the ORT plugin (setup.py): a change to its sources, or to the
+# fused-op registry it is compiled from (ops.py -> onnxfuse_ops.h), reinstalls.
+PLUGIN_SOURCES := setup.py onnxfuse/ops.py onnxfuse/kernels/_ortbuild.py \
+	$(wildcard onnxfuse/kernels/ort/* onnxfuse/kernels/ort/ops/*)
 
 $(STAMP): pyproject.toml Makefile $(PLUGIN_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -90,6 +90,10 @@ class OpSpec:
         inputs: in slot order; optional inputs come after the required ones.
         formula: what the node computes, for reports: ``{attr}`` is replaced by the node's
             attribute value, and a ``[ ... NAME]`` part is kept only when input NAME is given.
+        kernel: the Python kernel the native plugin's ``triton`` backend launches for a node,
+            as ``"module:function"`` (imported when first called; ``None``: the op has none).
+            It is called with the inputs in slot order (``None`` for an absent optional one),
+            every attribute by name, ``precision=`` and ``out=``.
     """
 
     op_id: int
@@ -98,6 +102,7 @@ class OpSpec:
     outputs: tuple[str, ...]
     attributes: tuple[Attribute, ...]
     formula: str
+    kernel: str | None = None
     element_types: tuple[str, ...] = tuple(ELEMENT_TYPES)
     domain: str = DOMAIN
     version: int = OPSET_VERSION
@@ -153,6 +158,7 @@ FUSED_GATED_MLP = OpSpec(
     outputs=("Y",),
     attributes=(Attribute("activation", ("silu", "gelu", "gelu_tanh"), "silu"),),
     formula="{activation}(X @ W_gate[ + B_gate]) * (X @ W_up[ + B_up]) @ W_down[ + B_down]",
+    kernel="onnxfuse.kernels.gated_mlp:fused_gated_mlp",
 )
 """``Y = (act(X @ W_gate + B_gate) * (X @ W_up + B_up)) @ W_down + B_down``; weights in ONNX
 MatMul layout [K, N]; the three biases are given all together or not at all."""
@@ -209,6 +215,13 @@ def c_header() -> str:
         f"constexpr const char* kPrecisions[] = {{{', '.join(map(_c_string, PRECISIONS))}}};",
         f"constexpr int kNumPrecisions = {len(PRECISIONS)};",
         f"constexpr int kMaxInputs = {max(len(s.inputs) for s in REGISTRY)};",
+        f"constexpr int kMaxOutputs = {max(len(s.outputs) for s in REGISTRY)};",
+        f"constexpr int kMaxAttributes = {max(len(s.attributes) for s in REGISTRY)};",
+        "",
+        "// X-macros: X(op_type) for every op; X(element type name) for every type an op takes.",
+        f"#define ONNXFUSE_FOR_EACH_OP(X) {' '.join(f'X({s.op_type})' for s in REGISTRY)}",
+        *(f"#define ONNXFUSE_{s.op_type}_FOR_EACH_ELEMENT_TYPE(X) "
+          f"{' '.join(f'X({t})' for t in s.element_types)}" for s in REGISTRY),
     ]
     for spec in REGISTRY:
         p = f"k{spec.op_type}"
@@ -221,6 +234,7 @@ def c_header() -> str:
             f"constexpr int {p}_RequiredInputs = {spec.required_inputs};",
             f"constexpr const char* {p}_Inputs[] = {{{', '.join(_c_string(i.name) for i in spec.inputs)}}};",
             f"constexpr int {p}_NumOutputs = {len(spec.outputs)};",
+            f"constexpr int {p}_NumAttributes = {len(spec.attributes)};",
         ]
         for a in spec.attributes:
             lines += [

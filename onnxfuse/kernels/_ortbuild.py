@@ -6,6 +6,11 @@ by hand. Standard library only, and it imports nothing from onnxfuse: ``setup.py
 file by path inside pip's isolated build environment, where torch and the package's other
 dependencies are absent (and must stay absent: never a build requirement).
 
+The plugin's C++ reads the fused-op registry: CMake runs this file as a script
+(``python _ortbuild.py ops-header OUT``) to write ``onnxfuse_ops.h`` from
+:func:`onnxfuse.ops.c_header` into the build tree, and rebuilds when ``ops.py`` changes.
+``ops.py`` imports only the standard library and is loaded by path, as this file is.
+
 ORT headers: ``$ORT_INCLUDE_DIR``, else the system's ``onnxruntime/`` include folder, else
 Debian trixie's ``libonnxruntime-dev`` fetched by ``ort/fetch_ort_headers.sh`` under an
 isolated apt configuration (cached in ``_lib/ort-include``).
@@ -13,21 +18,26 @@ isolated apt configuration (cached in ``_lib/ort-include``).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
-__all__ = ["CMAKE_MINIMUM", "LIBRARY_NAME", "BuildError", "build", "cmake_requirements"]
+__all__ = ["CMAKE_MINIMUM", "LIBRARY_NAME", "BuildError", "build", "cmake_requirements",
+           "write_ops_header"]
 
 log = logging.getLogger(__name__)
 LIBRARY_NAME = "libonnxfuse_ort.so"
 CMAKE_MINIMUM = (3, 18)  # cmake_minimum_required in ort/CMakeLists.txt
 _SOURCE = Path(__file__).parent / "ort"
 _HEADER_CACHE = Path(__file__).parent / "_lib" / "ort-include"
+_OPS = Path(__file__).resolve().parent.parent / "ops.py"
 
 
 class BuildError(RuntimeError):
@@ -73,6 +83,34 @@ def _headers(work: Path) -> Path:
     return cached
 
 
+def _load_ops() -> ModuleType:
+    # Registered under a private name while it runs: dataclasses look their module up in
+    # sys.modules. Never "onnxfuse.ops": that would shadow the package's own import.
+    name = "_onnxfuse_ops_for_build"
+    spec = importlib.util.spec_from_file_location(name, _OPS)
+    if spec is None or spec.loader is None:
+        raise BuildError(f"cannot load the fused-op registry {_OPS}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+def write_ops_header(path: Path) -> Path:
+    """Write ``onnxfuse_ops.h`` (:func:`onnxfuse.ops.c_header`) at ``path``, unless it already
+    holds exactly that (so CMake does not recompile for nothing). Returns ``path``."""
+    text = _load_ops().c_header()
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_suffix(".tmp")
+        staged.write_text(text)
+        os.replace(staged, path)
+    return path
+
+
 def _excerpt(output: str, head: int = 2500, tail: int = 1500) -> str:
     # A compiler's first error is the cause (the rest cascade); CMake's is near the end.
     if len(output) <= head + tail:
@@ -94,7 +132,8 @@ def build(target: Path, *, build_type: str = "Release") -> Path:
         work = Path(tmp)
         include = _headers(work)
         for cmd in (["cmake", "-S", str(_SOURCE), "-B", str(work / "build"),
-                     f"-DORT_INCLUDE_DIR={include}", f"-DCMAKE_BUILD_TYPE={build_type}"],
+                     f"-DORT_INCLUDE_DIR={include}", f"-DCMAKE_BUILD_TYPE={build_type}",
+                     f"-DPython3_EXECUTABLE={sys.executable}"],
                     ["cmake", "--build", str(work / "build"), "-j", str(os.cpu_count() or 2)]):
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if proc.returncode != 0:
@@ -106,3 +145,9 @@ def build(target: Path, *, build_type: str = "Release") -> Path:
         os.replace(staged, target)
     log.info("built %s", target)
     return target
+
+
+if __name__ == "__main__":  # CMake's step: python _ortbuild.py ops-header OUT
+    if len(sys.argv) != 3 or sys.argv[1] != "ops-header":
+        sys.exit("usage: python _ortbuild.py ops-header OUT/onnxfuse_ops.h")
+    write_ops_header(Path(sys.argv[2]))

@@ -25,34 +25,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onnxfuse.errors import KernelError, UnsupportedError, first_line
-from onnxfuse.kernels import _ortbuild
+from onnxfuse import ops
+from onnxfuse.errors import KernelError, UnsupportedError, UserError, first_line
+from onnxfuse.kernels import _abi, _loader, _ortbuild
+from onnxfuse.kernels._loader import REBUILD, library_path
 from onnxfuse.kernels._ortbuild import LIBRARY_NAME
 
 __all__ = ["LIBRARY_NAME", "build", "library_path", "session_options"]
 
 log = logging.getLogger(__name__)
-_INSTALLED = Path(__file__).parent / "_lib" / LIBRARY_NAME
 CPU_KERNELS = ("off", "matmul", "naive")
 BACKENDS = ("default", "triton")
-DEVICES = ("cpu", "cuda")
-PRECISIONS = ("tf32", "ieee")
-
-
-def library_path() -> Path:
-    """The built library: ``$ONNXFUSE_ORT_LIBRARY``, else the one :func:`build` installed.
-
-    Raises:
-        UnsupportedError: it has not been built (the message says how).
-    """
-    env = os.environ.get("ONNXFUSE_ORT_LIBRARY")
-    path = Path(env) if env else _INSTALLED
-    if not path.is_file():
-        raise UnsupportedError(
-            f"the onnxfuse ORT plugin is not built ({path} is missing): reinstall onnxfuse "
-            "(`pip install .`, `make install`) or run `python -m onnxfuse.kernels.ortlib`; "
-            "fused models still run without it (function bodies)")
-    return path
+DEVICES = _abi.DEVICES
 
 
 def build(dest: Path | None = None, *, build_type: str = "Release") -> Path:
@@ -63,7 +47,7 @@ def build(dest: Path | None = None, *, build_type: str = "Release") -> Path:
         KernelError: no headers, no cmake / compiler, or the build failed (with its output).
     """
     try:
-        return _ortbuild.build(dest or _INSTALLED, build_type=build_type)
+        return _ortbuild.build(dest or _loader.INSTALLED, build_type=build_type)
     except _ortbuild.BuildError as e:
         raise KernelError(str(e)) from e
 
@@ -84,15 +68,16 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
         debug_offset: added to every output of the native CPU kernels (tests: proves they ran).
 
     Raises:
-        UnsupportedError: the library is not built or ORT cannot load it; KernelError: a bad value.
+        UserError: a bad value (it names the value and the choices); UnsupportedError: the
+            library is not built, not built for this onnxfuse, or ORT cannot load it.
     """
     import onnxruntime as ort
 
     for name, value, choices in (("backend", backend, BACKENDS), ("device", device, DEVICES),
                                  ("cpu_kernel", cpu_kernel, CPU_KERNELS),
-                                 ("precision", precision, PRECISIONS)):
+                                 ("precision", precision, ops.PRECISIONS)):
         if value not in choices:
-            raise KernelError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+            raise UserError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
     if backend == "triton" or device == "cuda":
         _prepare_triton(device)
     so = options or ort.SessionOptions()
@@ -101,13 +86,12 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
         so.add_session_config_entry(f"onnxfuse.{key}", value)
     if debug_offset is not None:
         so.add_session_config_entry("onnxfuse.debug_offset", repr(float(debug_offset)))
+    _loader.library()  # refuses a library built for another registry or bridge ABI
     try:
         so.register_custom_ops_library(str(library_path()))
-    except UnsupportedError:
-        raise
     except Exception as e:
         raise UnsupportedError(f"ONNX Runtime cannot load the onnxfuse plugin: {first_line(e)}; "
-                               "rebuild it (python -m onnxfuse.kernels.ortlib) or run without it "
+                               f"rebuild it ({REBUILD}) or run without it "
                                "(--backend none: fused models run their function bodies)") from e
     return so
 

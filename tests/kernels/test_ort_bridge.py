@@ -4,6 +4,8 @@ interpreter here), on ORT's own buffers; failures inside Python become ORT error
 from __future__ import annotations
 
 import ctypes
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,9 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from onnxfuse.errors import KernelError
-from onnxfuse.kernels import bridge, ortlib
+from onnxfuse import ops
+from onnxfuse.errors import UnsupportedError, UserError
+from onnxfuse.kernels import _abi, _loader, bridge, ortlib
 from onnxfuse.kernels.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
@@ -185,13 +188,16 @@ def test_bad_shapes_are_ort_errors_naming_the_input() -> None:
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"backend": "cuda"}, "unknown backend 'cuda'"),
-    ({"device": "gpu"}, "unknown device 'gpu'"),
-    ({"precision": "fp64"}, "unknown precision 'fp64'"),
+    ({"backend": "cuda"}, "unknown backend 'cuda': choose one of default, triton"),
+    ({"device": "gpu"}, "unknown device 'gpu': choose one of cpu, cuda"),
+    ({"cpu_kernel": "fast"}, "unknown cpu_kernel 'fast': choose one of off, matmul, naive"),
+    ({"precision": "fp64"}, "unknown precision 'fp64': choose one of tf32, ieee"),
 ])
-def test_bad_session_options_name_the_value(kwargs: dict[str, str], message: str) -> None:
-    with pytest.raises(KernelError, match=message):
+def test_bad_session_options_are_user_errors_naming_the_value(kwargs: dict[str, str], message: str) -> None:
+    """The same mistake the CLI's --backend/--device refuse with exit 2 is a UserError here too."""
+    with pytest.raises(UserError, match=message) as info:
         ortlib.session_options(**kwargs)
+    assert info.value.exit_code == 2
 
 
 def test_unknown_config_entries_are_refused_by_the_library() -> None:
@@ -203,7 +209,51 @@ def test_unknown_config_entries_are_refused_by_the_library() -> None:
         so.register_custom_ops_library(str(ortlib.library_path()))
 
 
-def test_the_bridge_struct_matches_the_library_abi() -> None:
-    lib = ctypes.CDLL(str(ortlib.library_path()))
-    lib.onnxfuse_bridge_call_size.restype = ctypes.c_int64
-    assert lib.onnxfuse_bridge_call_size() == ctypes.sizeof(bridge._Call)
+def test_the_bridge_structs_match_the_library_abi_field_by_field() -> None:
+    lib = _loader.library()
+    built = json.loads(lib.onnxfuse_bridge_abi())
+    assert built == _abi.layout()
+    assert list(built["call"]["fields"]) == [name for name, *_ in _abi.Call._fields_]
+    assert built["call"]["fields"]["inputs"][1] == len(ops.FUSED_GATED_MLP.inputs) * ctypes.sizeof(_abi.Tensor)
+
+
+def test_two_swapped_bridge_fields_are_refused() -> None:
+    """A Python struct with ``op_id`` and ``elem_type`` swapped has the library's size, so only a
+    field-by-field comparison can see it."""
+    fields = list(_abi.Call._fields_)
+    i, j = fields.index(("op_id", ctypes.c_int32)), fields.index(("elem_type", ctypes.c_int32))
+    fields[i], fields[j] = fields[j], fields[i]
+    swapped = type("SwappedCall", (ctypes.Structure,), {"_fields_": fields})
+    assert ctypes.sizeof(swapped) == ctypes.sizeof(_abi.Call)
+    lib = _loader.library()
+    _loader.check(lib, ortlib.library_path())  # the real structs pass
+    with pytest.raises(UnsupportedError, match=r"^rebuild the plugin: .* lays out the bridge structs") as info:
+        _loader.check(lib, ortlib.library_path(), call=swapped)
+    assert "call.op_id: library [offset, size] [4, 4], Python [8, 4]" in str(info.value)
+    assert "call.elem_type: library [offset, size] [8, 4], Python [4, 4]" in str(info.value)
+
+
+def test_the_library_was_built_from_this_registry() -> None:
+    lib = _loader.library()
+    assert json.loads(lib.onnxfuse_contract()) == ops.contract()
+    assert lib.onnxfuse_contract().decode() == json.dumps(ops.contract(), sort_keys=True)
+
+
+def test_a_library_built_from_another_registry_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """The registry gains an activation the library was not built with: loading it (a fresh
+    path: the loader checks each library once) is refused, naming the difference and the fix."""
+    contract = ops.contract()
+    changed = json.loads(json.dumps(contract))
+    changed["ops"][0]["attributes"][0]["values"].append("relu")
+    monkeypatch.setattr(ops, "contract", lambda: changed)
+    copy = tmp_path / "libonnxfuse_ort.so"
+    shutil.copy(ortlib.library_path(), copy)
+    monkeypatch.setenv("ONNXFUSE_ORT_LIBRARY", str(copy))
+    with pytest.raises(UnsupportedError, match=r"rebuild the plugin: .* another fused-op registry .*"
+                                               r"contract\.ops\[0\]\.attributes\[0\]\.values: library "
+                                               r'\["silu", "gelu", "gelu_tanh"\], onnxfuse \["silu", "gelu", '
+                                               r'"gelu_tanh", "relu"\]\); run `python -m onnxfuse'):
+        ortlib.session_options()
+    monkeypatch.setattr(ops, "contract", lambda: contract)
+    ortlib.session_options()  # the same library, with the registry it was built from

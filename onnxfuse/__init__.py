@@ -7,9 +7,17 @@ The public API is imported lazily, so ``import onnxfuse`` (and ``onnxfuse --help
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
+try:
+    __version__: str = _metadata.version("onnxfuse")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"  # PEP 440 local version: sorts below every release
+
 __all__ = [  # noqa: RUF022 - grouped by home module
+    # the installed distribution's version (`onnxfuse --version`, every JSON report)
+    "__version__",
     # errors
     "ExportError",
     "InvalidModelError",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
+import os
 import platform
 import statistics
 import time
@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from onnxfuse import __version__
 from onnxfuse.errors import UserError
-from onnxfuse.fileio import check_output, staged_outputs
+from onnxfuse.fileio import check_output, write_report
 from onnxfuse.pipeline import sessions
 
 __all__ = ["BenchConfig", "BenchResult", "bench"]
@@ -63,12 +64,10 @@ def _machine() -> dict[str, object]:
     import onnxruntime
     import torch
 
-    import onnxfuse
-
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "onnxfuse": getattr(onnxfuse, "__version__", "0.1.0")}
+            "onnxfuse": __version__}
 
 
 def bench(config: BenchConfig) -> BenchResult:
@@ -130,6 +129,5 @@ def bench(config: BenchConfig) -> BenchResult:
                 for b in dict.fromkeys(config.backends)}
     result = BenchResult(tuple(cases), speedups[config.backends[0]], speedups)
     if report is not None:
-        with staged_outputs(report) as stage:
-            (stage / report.name).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        write_report(report, result.as_dict())
     return result

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+import onnxfuse
 from onnxfuse.errors import OnnxfuseError, first_line
 
 __all__ = ["main"]
@@ -245,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="onnxfuse", description=(
         "Export Llama-family models to ONNX, fuse their gated MLPs into one node, and prove "
         "that nothing changed numerically."))
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {onnxfuse.__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -383,15 +384,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="output folder (its previous demo files are replaced)")
     p.set_defaults(run=_run_demo)
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("onnxfuse")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

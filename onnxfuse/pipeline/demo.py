@@ -9,7 +9,6 @@ also greedy generation from the fused ONNX model in ORT against torch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -22,6 +21,7 @@ import numpy as np
 
 from onnxfuse.errors import OnnxfuseError, UnsupportedError
 from onnxfuse.exporters import ExportConfig, export
+from onnxfuse.fileio import write_report
 from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import report as report_mod
@@ -167,7 +167,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     images = _images(out, paths, b, summary)
     data["summary"] = summary
     data["seconds"] = time.perf_counter() - start
-    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_report(out / "report.json", data)
     report_mod.write_html(data, images, out / "report.html")
     _print_summary(summary, out, data["seconds"])
     return DemoResult(out, all(s["ok"] for s in summary), tuple(summary))

@@ -4,7 +4,6 @@ failure, the first fused node that diverges."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 
 from onnxfuse.errors import UserError
 from onnxfuse.exporters import SECOND_SHAPE
-from onnxfuse.fileio import check_output, staged_outputs
+from onnxfuse.fileio import check_output, write_report
 from onnxfuse.numerics import Comparison, compare, tolerance
 from onnxfuse.pipeline import sessions
 
@@ -130,8 +129,7 @@ def parity(config: ParityConfig) -> ParityResult:
     result = ParityResult(all(c.passed for c in outputs) and all(c.passed for c in vs_torch),
                           tuple(outputs), tuple(vs_torch), first_divergent, tuple(nodes))
     if report is not None:
-        with staged_outputs(report) as stage:
-            (stage / report.name).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        write_report(report, result.as_dict())
     return result
 
 

@@ -7,13 +7,9 @@ The public API is imported lazily, so ``import onnxfuse`` (and ``onnxfuse --help
 from __future__ import annotations
 
 import importlib
-from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__: str = _metadata.version("onnxfuse")
-except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
-    __version__ = "0+unknown"  # PEP 440 local version: sorts below every release
+from onnxfuse._version import __version__
 
 __all__ = [  # noqa: RUF022 - grouped by home module
     # the installed distribution's version (`onnxfuse --version`, every JSON report)
@@ -39,12 +35,16 @@ __all__ = [  # noqa: RUF022 - grouped by home module
     "export",
     "fuse",
     "session",
-    # stage configs and results
+    # stage configs and results (the CLI's options are the configs' fields)
     "ExportConfig",
     "ExportResult",
-    "ParityResult",
+    "RewriteConfig",
     "RewriteResult",
+    "ParityConfig",
+    "ParityResult",
+    "BenchConfig",
     "BenchResult",
+    "DemoConfig",
     # numerics
     "Comparison",
     "compare_arrays",
@@ -63,7 +63,8 @@ _HOMES: dict[str, str | tuple[str, str]] = {
     "compare": ("onnxfuse.pipeline.api", "compare_models"),
     "compare_arrays": ("onnxfuse.numerics", "compare"),
     "ParityResult": "onnxfuse.pipeline.parity",
-    "RewriteResult": "onnxfuse.graph_rewrites",
+    **dict.fromkeys(("RewriteConfig", "RewriteResult"), "onnxfuse.graph_rewrites"),
+    **dict.fromkeys(("ParityConfig", "BenchConfig", "DemoConfig"), "onnxfuse.pipeline.configs"),
     "BenchResult": "onnxfuse.pipeline.bench",
 }
 
@@ -81,13 +82,14 @@ if TYPE_CHECKING:
         UserError,
     )
     from onnxfuse.exporters import ExportConfig, ExportResult
-    from onnxfuse.graph_rewrites import RewriteResult
+    from onnxfuse.graph_rewrites import RewriteConfig, RewriteResult
     from onnxfuse.models import Exportable, build, spec_names
     from onnxfuse.numerics import Comparison, tolerance
     from onnxfuse.numerics import compare as compare_arrays
     from onnxfuse.pipeline.api import bench, export, fuse, session
     from onnxfuse.pipeline.api import compare_models as compare
     from onnxfuse.pipeline.bench import BenchResult
+    from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, ParityConfig
     from onnxfuse.pipeline.parity import ParityResult
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxfuse import __version__
+from onnxfuse._version import __version__
 from onnxfuse.errors import OutputError
 
 __all__ = ["check_output", "model_files", "staged_file", "staged_outputs", "write_report", "write_text"]

@@ -11,43 +11,17 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from onnxfuse import __version__
 from onnxfuse.errors import UserError
 from onnxfuse.fileio import check_output, write_report
 from onnxfuse.pipeline import sessions
+from onnxfuse.pipeline.configs import BenchConfig
 
 __all__ = ["BenchConfig", "BenchResult", "bench"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    """Time ``original`` and ``fused`` (and torch eager, where the source is known).
-
-    Sessions use ORT's default graph optimizations (what a user runs); ``repeat`` rounds
-    each run every case once, in turn, after ``warmup`` rounds. ``backends`` are the fused
-    graph's (:data:`sessions.BACKENDS`), each its own case ``fused[BACKEND]``; ``speedup`` is
-    the first one's. ``session_options``, when given, replaces the plugin options of every
-    backend but ``none``.
-    """
-
-    original: Path
-    fused: Path
-    device: str = "cpu"
-    batch: int = 2
-    seq: int = 16
-    warmup: int = 3
-    repeat: int = 10
-    threads: int = 0
-    torch: bool = True
-    force: bool = False  # replace an existing report
-    report: Path | None = None
-    session_options: Callable[[], Any] | None = None
-    backends: tuple[str, ...] = ("default",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +65,6 @@ def bench(config: BenchConfig) -> BenchResult:
     runs["unfused"] = lambda: sessions.run(unfused, feeds, config.original)
     for backend in dict.fromkeys(config.backends):
         factory = sessions.plugin_options(backend, config.device)
-        if factory and config.session_options:
-            factory = config.session_options
         fused = sessions.session(config.fused, device=config.device, optimize=True, options=options(factory))
         runs[f"fused[{backend}]"] = functools.partial(sessions.run, fused, feeds, config.fused)
     if config.torch and source is not None:

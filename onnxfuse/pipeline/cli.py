@@ -429,9 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.addHandler(_Progress())
         log.setLevel(logging.INFO)
     cmd = _COMMANDS[args.command]
-    config = _config_from_args(cmd.config(), cmd.options, args) if cmd.config else None
-    _use_interpreter(cmd, config)
     try:
+        config = _config_from_args(cmd.config(), cmd.options, args) if cmd.config else None
+        _use_interpreter(cmd, config)
         return cmd.run(args if config is None else config)
     except OnnxfuseError as e:
         sys.stderr.write(f"onnxfuse {args.command}: error: {e}\n")

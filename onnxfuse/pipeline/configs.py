@@ -17,6 +17,8 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from onnxfuse.errors import UserError
+
 __all__ = [
     "BACKENDS",
     "DEVICES",
@@ -109,6 +111,19 @@ def parse_ceiling(text: str) -> tuple[str, float]:
         raise ValueError(f"expected OUTPUT=CEILING, e.g. logits=1e-4, got {text!r}") from None
 
 
+def _check_choices(what: str, values: tuple[str, ...], choices: tuple[str, ...]) -> None:
+    unknown = [v for v in values if v not in choices]
+    if unknown or not values:
+        raise UserError(f"unknown {what} {', '.join(map(repr, unknown)) or 'list ()'}: choose from "
+                        f"{', '.join(choices)}")
+
+
+def _check_at_least(low: int, **values: int) -> None:
+    for name, value in values.items():
+        if value < low:
+            raise UserError(f"{name} must be >= {low}, got {value}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ParityConfig:
     """Compare ``original`` and ``fused`` on two input shapes: ``batch`` × ``seq``, then
@@ -141,6 +156,13 @@ class ParityConfig:
     per_node: bool = False
     force: bool = field(default=False, metadata=cli(help="replace an existing --json report"))
 
+    def __post_init__(self) -> None:
+        """Raises: UserError: an unknown device or backend, a shape below 1 (API callers
+        skip the CLI's checks)."""
+        _check_choices("device", (self.device,), DEVICES)
+        _check_choices("backend", (self.backend,), BACKENDS)
+        _check_at_least(1, batch=self.batch, seq=self.seq)
+
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """Time ``original`` and ``fused`` (and torch eager, where the source is known).
@@ -167,6 +189,14 @@ class BenchConfig:
         flags=("--backend",), parse=parse_backends, metavar="LIST",
         help=f"the fused graph's backends to time: several, comma-separated, each its own case, "
              f"or all; {_BACKEND_HELP}"))
+
+    def __post_init__(self) -> None:
+        """Raises: UserError: an unknown device, no or an unknown backend, a count out of
+        range (API callers skip the CLI's checks)."""
+        _check_choices("device", (self.device,), DEVICES)
+        _check_choices("backend", self.backends, BACKENDS)
+        _check_at_least(1, batch=self.batch, seq=self.seq, repeat=self.repeat)
+        _check_at_least(0, warmup=self.warmup, threads=self.threads)
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:

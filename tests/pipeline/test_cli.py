@@ -155,3 +155,22 @@ def test_backend_means_the_same_for_parity_and_bench(command: str) -> None:
     assert all(f"{b} (" in text for b in BACKENDS), text
     bad = run_cli([command, "a.onnx", "b.onnx", "--backend", "fast"])
     assert bad.returncode == 2 and "'fast'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("config,fields,needle", [
+    ("ParityConfig", {"backend": "fast"}, "unknown backend 'fast'"),
+    ("ParityConfig", {"device": "tpu"}, "unknown device 'tpu'"),
+    ("ParityConfig", {"seq": 0}, "seq must be >= 1"),
+    ("BenchConfig", {"backends": ("default", "fast")}, "unknown backend 'fast'"),
+    ("BenchConfig", {"backends": ()}, "unknown backend list ()"),
+    ("BenchConfig", {"warmup": -1}, "warmup must be >= 0"),
+])
+def test_a_bad_config_value_is_a_user_error(config: str, fields: dict[str, object], needle: str) -> None:
+    import onnxfuse
+
+    with pytest.raises(onnxfuse.UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        getattr(onnxfuse, config)(Path("a.onnx"), Path("b.onnx"), **fields)
+
+
+def test_a_value_only_the_config_checks_exits_2() -> None:
+    _assert_user_error(run_cli(["bench", "a.onnx", "b.onnx", "--threads", "-1"]), "threads must be >= 0")

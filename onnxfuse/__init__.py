@@ -9,7 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from onnxfuse._version import __version__
+
 __all__ = [  # noqa: RUF022 - grouped by home module
+    # the installed distribution's version (`onnxfuse --version`, every JSON report)
+    "__version__",
     # errors
     "ExportError",
     "InvalidModelError",
@@ -31,12 +35,16 @@ __all__ = [  # noqa: RUF022 - grouped by home module
     "export",
     "fuse",
     "session",
-    # stage configs and results
+    # stage configs and results (the CLI's options are the configs' fields)
     "ExportConfig",
     "ExportResult",
-    "ParityResult",
+    "RewriteConfig",
     "RewriteResult",
+    "ParityConfig",
+    "ParityResult",
+    "BenchConfig",
     "BenchResult",
+    "DemoConfig",
     # numerics
     "Comparison",
     "compare_arrays",
@@ -55,7 +63,8 @@ _HOMES: dict[str, str | tuple[str, str]] = {
     "compare": ("onnxfuse.pipeline.api", "compare_models"),
     "compare_arrays": ("onnxfuse.numerics", "compare"),
     "ParityResult": "onnxfuse.pipeline.parity",
-    "RewriteResult": "onnxfuse.graph_rewrites",
+    **dict.fromkeys(("RewriteConfig", "RewriteResult"), "onnxfuse.graph_rewrites"),
+    **dict.fromkeys(("ParityConfig", "BenchConfig", "DemoConfig"), "onnxfuse.pipeline.configs"),
     "BenchResult": "onnxfuse.pipeline.bench",
 }
 
@@ -73,13 +82,14 @@ if TYPE_CHECKING:
         UserError,
     )
     from onnxfuse.exporters import ExportConfig, ExportResult
-    from onnxfuse.graph_rewrites import RewriteResult
+    from onnxfuse.graph_rewrites import RewriteConfig, RewriteResult
     from onnxfuse.models import Exportable, build, spec_names
     from onnxfuse.numerics import Comparison, tolerance
     from onnxfuse.numerics import compare as compare_arrays
     from onnxfuse.pipeline.api import bench, export, fuse, session
     from onnxfuse.pipeline.api import compare_models as compare
     from onnxfuse.pipeline.bench import BenchResult
+    from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, ParityConfig
     from onnxfuse.pipeline.parity import ParityResult
 
 

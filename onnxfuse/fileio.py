@@ -1,5 +1,8 @@
 """Safe output handling: outputs are staged in a temporary folder beside their final place
-and renamed into it only when complete, so a failed or killed run leaves nothing partial.
+and renamed into it only when complete, so a failed or killed run leaves nothing partial
+(the old file, if any, stays intact). Every file the tool writes goes through here: models
+and weights (:func:`staged_outputs`), one file (:func:`staged_file`, :func:`write_text`) and
+JSON reports (:func:`write_report`, stamped with ``onnxfuse_version``).
 An existing output is replaced only with ``force``; an input (a model or a weights file it
 names) is never an output, whatever path, symlink or hard link names it.
 
@@ -10,18 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import onnx
 
+from onnxfuse._version import __version__
 from onnxfuse.errors import OutputError
 
-__all__ = ["check_output", "model_files", "staged_outputs"]
+__all__ = ["check_output", "model_files", "staged_file", "staged_outputs", "write_report", "write_text"]
 
 # Every .onnx output has its weights beside it in OUT.onnx.data.
 _DATA_SUFFIX = ".data"
@@ -164,3 +169,31 @@ def staged_outputs(final: Path) -> Iterator[Path]:
             os.replace(stage / name, final.parent / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a staging path for one file; it replaces ``final`` only when the block ends
+    without an error (else ``final``, old or absent, is left as it was).
+
+    Example:
+        >>> with staged_file(out / "plot.png") as tmp:
+        ...     fig.savefig(tmp)
+    """
+    path = Path(final)
+    with staged_outputs(path) as stage:
+        yield stage / path.name
+
+
+def write_text(final: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``final`` atomically (see :func:`staged_file`)."""
+    with staged_file(final) as tmp:
+        tmp.write_text(text)
+
+
+def write_report(final: str | os.PathLike[str], data: Mapping[str, object]) -> None:
+    """Write a JSON report to ``final`` atomically, its first key ``"onnxfuse_version"``
+    (``onnxfuse.__version__``), as DESIGN.md's CLI contract asks of every report. Values JSON
+    cannot hold (paths) are written as their ``str``."""
+    text = json.dumps({"onnxfuse_version": __version__, **data}, indent=2, default=str)
+    write_text(final, text + "\n")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import onnxfuse
 
 PUBLIC_MODULES = ["onnxfuse", "onnxfuse.errors", "onnxfuse.numerics", "onnxfuse.fileio",
                   "onnxfuse.ops", "onnxfuse.models", "onnxfuse.exporters", "onnxfuse.graph_rewrites",
-                  "onnxfuse.kernels", "onnxfuse.pipeline.api"]
+                  "onnxfuse.kernels", "onnxfuse.pipeline.api", "onnxfuse.pipeline.configs"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -26,6 +28,30 @@ def test_top_level_api_is_declared() -> None:
     assert set(dir(onnxfuse)) == set(onnxfuse.__all__)
     with pytest.raises(AttributeError):
         onnxfuse.not_a_name  # noqa: B018
+
+
+def test_every_stage_config_is_public() -> None:
+    for name in ("ExportConfig", "RewriteConfig", "ParityConfig", "BenchConfig", "DemoConfig"):
+        assert name in onnxfuse.__all__
+        assert dataclasses.is_dataclass(getattr(onnxfuse, name))
+
+
+@pytest.mark.parametrize("function,config", [
+    ("export", "ExportConfig"), ("fuse", "RewriteConfig"), ("compare", "ParityConfig"),
+    ("bench", "BenchConfig"),
+])
+def test_api_keywords_are_the_config_fields(function: str, config: str) -> None:
+    """Each API function takes its config's optional fields as keywords, with the same defaults
+    (``rel_l2=None`` stands for the config's empty mapping)."""
+    params = {n: p for n, p in inspect.signature(getattr(onnxfuse, function)).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    fields = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+              for f in dataclasses.fields(getattr(onnxfuse, config))
+              if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    assert set(params) == set(fields)
+    for name, default in fields.items():
+        assert params[name].default == default or (params[name].default is None and default == {}), name
+        assert params[name].annotation != "Any", name
 
 
 def test_error_exit_codes() -> None:

@@ -1,42 +1,56 @@
 """The Python API that mirrors the CLI: ``export``, ``fuse``, ``session``, ``compare``,
-``bench``. Each takes plain arguments, returns the stage's frozen result, and raises the
-typed errors of :mod:`onnxfuse.errors`."""
+``bench``. Each takes the stage config's fields as typed keywords (same names and defaults
+as :class:`~onnxfuse.exporters.ExportConfig`, :class:`~onnxfuse.graph_rewrites.RewriteConfig`,
+:class:`~onnxfuse.pipeline.configs.ParityConfig` and
+:class:`~onnxfuse.pipeline.configs.BenchConfig`; a test holds them equal), returns the stage's
+frozen result, and raises the typed errors of :mod:`onnxfuse.errors`."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxfuse.exporters import ExportConfig, ExportResult
+from onnxfuse.exporters import ExportConfig, Exporter, ExportResult
 from onnxfuse.exporters import export as _export
 from onnxfuse.graph_rewrites import RewriteConfig, RewriteResult, rewrite
+from onnxfuse.models import Part
+from onnxfuse.numerics import DType
 from onnxfuse.pipeline import sessions
-from onnxfuse.pipeline.bench import BenchConfig, BenchResult
+from onnxfuse.pipeline.bench import BenchResult
 from onnxfuse.pipeline.bench import bench as _bench
-from onnxfuse.pipeline.parity import ParityConfig, ParityResult, parity
+from onnxfuse.pipeline.configs import Backend, BenchConfig, Device, ParityConfig
+from onnxfuse.pipeline.parity import ParityResult, parity
 
 __all__ = ["bench", "compare_models", "export", "fuse", "session"]
 
 PathLike = str | os.PathLike[str]
 
 
-def export(model: str, output: PathLike, **options: Any) -> ExportResult:
-    """``onnxfuse export``: export and verify ``model`` to ``output``.
-
-    ``options`` are :class:`onnxfuse.exporters.ExportConfig` fields (``part``, ``exporter``,
-    ``dtype``, ``opset``, ``batch``, ``seq``, ``seed``, ``verify``, ``force``, ...).
-    """
-    return _export(ExportConfig(model, Path(output), **options))
+def _path(p: PathLike | None) -> Path | None:
+    return None if p is None else Path(p)
 
 
-def fuse(model: PathLike, output: PathLike, *, report: PathLike | None = None,
+def export(model: str, output: PathLike, *, part: Part = "full", exporter: Exporter = "dynamo",
+           dtype: DType = "float32", opset: int | None = None, batch: int | None = None,
+           seq: int | None = None, seed: int = 0, verify: bool = True, rel_l2: float | None = None,
+           force: bool = False, mlp_layer: int = 0) -> ExportResult:
+    """``onnxfuse export``: export and verify ``model`` to ``output``
+    (:class:`~onnxfuse.exporters.ExportConfig`'s fields)."""
+    return _export(ExportConfig(model, Path(output), part=part, exporter=exporter, dtype=dtype,
+                                opset=opset, batch=batch, seq=seq, seed=seed, verify=verify,
+                                rel_l2=rel_l2, force=force, mlp_layer=mlp_layer))
+
+
+def fuse(model: PathLike, output: PathLike, *, report: PathLike | None = None, unfuse: bool = False,
          force: bool = False) -> RewriteResult:
-    """``onnxfuse rewrite``: fuse every gated MLP of ``model`` into ``output``."""
-    return rewrite(RewriteConfig(Path(model), Path(output), Path(report) if report else None, force=force))
+    """``onnxfuse rewrite``: fuse every gated MLP of ``model`` into ``output`` (``unfuse``:
+    inline fused nodes back instead)."""
+    return rewrite(RewriteConfig(Path(model), Path(output), _path(report), unfuse=unfuse, force=force))
 
 
-def session(model: PathLike, *, device: str = "cpu", backend: str = "default",
+def session(model: PathLike, *, device: Device = "cpu", backend: Backend = "default",
             optimize: bool = True) -> Any:
     """An ONNX Runtime session on ``device`` whose fused nodes run on ``backend`` (``default``
     or ``triton``: the plugin registered; ``none``: plain ORT, function bodies), asserting
@@ -45,11 +59,22 @@ def session(model: PathLike, *, device: str = "cpu", backend: str = "default",
     return sessions.session(model, device=device, optimize=optimize, options=factory() if factory else None)
 
 
-def compare_models(original: PathLike, fused: PathLike, **options: Any) -> ParityResult:
-    """``onnxfuse parity``: ``options`` are :class:`ParityConfig` fields."""
-    return parity(ParityConfig(Path(original), Path(fused), **options))
+def compare_models(original: PathLike, fused: PathLike, *, device: Device = "cpu",
+                   backend: Backend = "default", batch: int = 2, seq: int = 16, seed: int = 0,
+                   rel_l2: Mapping[str, float] | None = None, report: PathLike | None = None,
+                   per_node: bool = False, force: bool = False) -> ParityResult:
+    """``onnxfuse parity`` (:class:`~onnxfuse.pipeline.configs.ParityConfig`'s fields;
+    ``rel_l2=None``: no overrides)."""
+    return parity(ParityConfig(Path(original), Path(fused), device=device, backend=backend,
+                               batch=batch, seq=seq, seed=seed, rel_l2=dict(rel_l2 or {}),
+                               report=_path(report), per_node=per_node, force=force))
 
 
-def bench(original: PathLike, fused: PathLike, **options: Any) -> BenchResult:
-    """``onnxfuse bench``: ``options`` are :class:`BenchConfig` fields."""
-    return _bench(BenchConfig(Path(original), Path(fused), **options))
+def bench(original: PathLike, fused: PathLike, *, device: Device = "cpu", batch: int = 2,
+          seq: int = 16, warmup: int = 3, repeat: int = 10, threads: int = 0, torch: bool = True,
+          force: bool = False, report: PathLike | None = None,
+          backends: tuple[Backend, ...] = ("default",)) -> BenchResult:
+    """``onnxfuse bench`` (:class:`~onnxfuse.pipeline.configs.BenchConfig`'s fields)."""
+    return _bench(BenchConfig(Path(original), Path(fused), device=device, batch=batch, seq=seq,
+                              warmup=warmup, repeat=repeat, threads=threads, torch=torch,
+                              force=force, report=_path(report), backends=tuple(backends)))

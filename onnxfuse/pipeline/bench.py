@@ -5,48 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from onnxfuse.errors import UserError
-from onnxfuse.fileio import check_output, staged_outputs
+from onnxfuse import __version__
+from onnxfuse.fileio import check_output, write_report
 from onnxfuse.pipeline import sessions
+from onnxfuse.pipeline.configs import BenchConfig
 
 __all__ = ["BenchConfig", "BenchResult", "bench"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    """Time ``original`` and ``fused`` (and torch eager, where the source is known).
-
-    Sessions use ORT's default graph optimizations (what a user runs); ``repeat`` rounds
-    each run every case once, in turn, after ``warmup`` rounds. ``backends`` are the fused
-    graph's (:data:`sessions.BACKENDS`), each its own case ``fused[BACKEND]``; ``speedup`` is
-    the first one's. ``session_options``, when given, replaces the plugin options of every
-    backend but ``none``.
-    """
-
-    original: Path
-    fused: Path
-    device: str = "cpu"
-    batch: int = 2
-    seq: int = 16
-    warmup: int = 3
-    repeat: int = 10
-    threads: int = 0
-    torch: bool = True
-    force: bool = False  # replace an existing report
-    report: Path | None = None
-    session_options: Callable[[], Any] | None = None
-    backends: tuple[str, ...] = ("default",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,20 +37,16 @@ def _machine() -> dict[str, object]:
     import onnxruntime
     import torch
 
-    import onnxfuse
-
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "onnxfuse": getattr(onnxfuse, "__version__", "0.1.0")}
+            "onnxfuse": __version__}
 
 
 def bench(config: BenchConfig) -> BenchResult:
     """Interleaved medians of each case; ``speedup`` is unfused / fused."""
     import onnxruntime as ort
 
-    if not config.backends:
-        raise UserError("bench needs at least one backend of the fused graph")
     report = check_output(config.report, force=config.force, inputs=[config.original, config.fused]) if config.report else None
     original = sessions.model_info(config.original)
 
@@ -92,8 +62,6 @@ def bench(config: BenchConfig) -> BenchResult:
     runs["unfused"] = lambda: sessions.run(unfused, feeds, config.original)
     for backend in dict.fromkeys(config.backends):
         factory = sessions.plugin_options(backend, config.device)
-        if factory and config.session_options:
-            factory = config.session_options
         fused = sessions.session(config.fused, device=config.device, optimize=True, options=options(factory))
         runs[f"fused[{backend}]"] = functools.partial(sessions.run, fused, feeds, config.fused)
     if config.torch and source is not None:
@@ -130,6 +98,5 @@ def bench(config: BenchConfig) -> BenchResult:
                 for b in dict.fromkeys(config.backends)}
     result = BenchResult(tuple(cases), speedups[config.backends[0]], speedups)
     if report is not None:
-        with staged_outputs(report) as stage:
-            (stage / report.name).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        write_report(report, result.as_dict())
     return result

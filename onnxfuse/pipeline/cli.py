@@ -7,17 +7,29 @@ errors exit 3 (set ONNXFUSE_DEBUG=1 for the traceback). See DESIGN.md's CLI cont
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import importlib
 import logging
 import os
 import sys
 import time
 import traceback
+import types
+import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import onnxfuse
+from onnxfuse import ops
 from onnxfuse.errors import OnnxfuseError, first_line
+from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, Option, ParityConfig, positive_int
+
+if TYPE_CHECKING:
+    from onnxfuse.exporters import ExportConfig
+    from onnxfuse.graph_rewrites import RewriteConfig
 
 __all__ = ["main"]
 
@@ -32,13 +44,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Help(argparse.HelpFormatter):
-    """Appends "(default: X)" to an option's help unless the help already states it."""
+    """Appends "(default: X)" to an option's help unless the help already states it
+    ("default: ...")."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" not in text and action.option_strings
-                and not any(action.default is v for v in (None, False, True, argparse.SUPPRESS))):
-            text += " (default: %(default)s)"
+        default = action.default
+        if ("default:" not in text and action.option_strings and default not in ([], ())
+                and not any(default is v for v in (None, False, True, argparse.SUPPRESS))):
+            shown = ",".join(default) if isinstance(default, tuple) else str(default)
+            text += f" (default: {shown.replace('%', '%%')})"
         return text
 
 
@@ -84,15 +99,11 @@ def _fmt_checks(checks: Sequence[object]) -> list[str]:
     return rows
 
 
-def _run_export(args: argparse.Namespace) -> int:
+def _run_export(config: ExportConfig) -> int:
     _quiet_torch()
-    from onnxfuse.exporters import ExportConfig, export
+    from onnxfuse.exporters import export
 
-    result = export(ExportConfig(
-        model=args.model, output=Path(args.output), part=args.part, exporter=args.exporter,
-        dtype=args.dtype, opset=args.opset, batch=args.batch, seq=args.seq, seed=args.seed,
-        verify=args.verify, rel_l2=args.rel_l2, force=args.force, mlp_layer=args.mlp_layer,
-    ))
+    result = export(config)
     print(f"exported {result.model} ({result.part}, {result.exporter}, {result.dtype}, opset "
           f"{result.opset}) in {result.seconds:.1f}s")
     print(f"  model:   {result.onnx_path}")
@@ -107,14 +118,11 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_rewrite(args: argparse.Namespace) -> int:
-    from onnxfuse.graph_rewrites import RewriteConfig, rewrite
+def _run_rewrite(config: RewriteConfig) -> int:
+    from onnxfuse.graph_rewrites import rewrite
 
-    result = rewrite(RewriteConfig(
-        input=Path(args.input), output=Path(args.output),
-        report=Path(args.json) if args.json else None, unfuse=args.unfuse, force=args.force,
-    ))
-    if args.unfuse:
+    result = rewrite(config)
+    if config.unfuse:
         print(f"inlined {result.unfused} fused node(s) back into standard ops -> {result.output}")
         return 0
     print(f"fused {len(result.fused)} gated MLP(s) in {result.seconds:.2f}s -> {result.output}")
@@ -126,24 +134,10 @@ def _run_rewrite(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rel_l2_override(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    try:
-        if not sep:
-            raise ValueError
-        return name, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected OUTPUT=CEILING, e.g. logits=1e-4, got {text!r}") from None
+def _run_parity(config: ParityConfig) -> int:
+    from onnxfuse.pipeline.parity import parity
 
-
-def _run_parity(args: argparse.Namespace) -> int:
-    from onnxfuse.pipeline.parity import ParityConfig, parity
-
-    result = parity(ParityConfig(
-        original=Path(args.original), fused=Path(args.fused), device=args.device,
-        backend=args.backend, batch=args.batch, seq=args.seq, seed=args.seed, force=args.force,
-        rel_l2=dict(args.rel_l2), report=Path(args.json) if args.json else None,
-    ))
+    result = parity(config)
     print(f"{'comparison':<34s} {'max_abs':>9s} {'max_rel':>9s} {'rel_l2':>9s} {'cosine':>9s} "
           f"{'limit':>7s}  status")
     for c in (*result.outputs, *result.torch, *result.nodes):
@@ -158,21 +152,23 @@ def _run_parity(args: argparse.Namespace) -> int:
     return 1
 
 
-def _run_bench(args: argparse.Namespace) -> int:
-    from onnxfuse.pipeline.bench import BenchConfig, bench
+def _run_bench(config: BenchConfig) -> int:
+    from onnxfuse.pipeline.bench import bench
 
-    result = bench(BenchConfig(
-        original=Path(args.original), fused=Path(args.fused), device=args.device, force=args.force,
-        batch=args.batch, seq=args.seq, warmup=args.warmup, repeat=args.repeat,
-        threads=args.threads, torch=not args.no_torch, backends=args.backend,
-        report=Path(args.json) if args.json else None,
-    ))
+    result = bench(config)
     print(f"{'case':<16s} {'median ms':>10s} {'p20':>9s} {'p80':>9s} {'x unfused':>10s}")
     for c in result.cases:
         print(f"{c['name']!s:<16s} {c['median_ms']:>10.3f} {c['p20_ms']:>9.3f} {c['p80_ms']:>9.3f} "
               f"{c['speedup_vs_unfused']:>10.3f}")
     print(f"speedup (unfused / fused): {result.speedup:.3f}")
     return 0
+
+
+def _run_demo(config: DemoConfig) -> int:
+    _quiet_torch()
+    from onnxfuse.pipeline.demo import run_demo
+
+    return 0 if run_demo(config).passed else 1
 
 
 def _run_view(args: argparse.Namespace) -> int:
@@ -209,201 +205,234 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    # Without a GPU the Triton kernels run in the interpreter. Triton (which torch imports)
-    # reads this once, so it must be set before anything imports it.
-    if not Path("/dev/nvidia0").exists():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    _quiet_torch()
-    from onnxfuse.pipeline.demo import DemoConfig, run_demo
-
-    result = run_demo(DemoConfig(model=args.model, out=Path(args.out)))
-    return 0 if result.passed else 1
-
-
-def _backends(text: str) -> tuple[str, ...]:
-    from onnxfuse.pipeline.sessions import BACKENDS
-
-    names = BACKENDS if text == "all" else tuple(dict.fromkeys(t.strip() for t in text.split(",")))
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown backend {', '.join(unknown) or text!r}: choose from "
-                                         f"{', '.join(BACKENDS)} or all")
-    return names
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    from onnxfuse.numerics import DTYPES
-
-    parser = _Parser(prog="onnxfuse", description=(
-        "Export Llama-family models to ONNX, fuse their gated MLPs into one node, and prove "
-        "that nothing changed numerically."))
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    # The arguments of the commands that compare an original and a fused model.
-    pair = argparse.ArgumentParser(add_help=False)
-    pair.add_argument("--force", action="store_true", help="replace an existing --json report")
-    pair.add_argument("original", metavar="ORIGINAL.onnx")
-    pair.add_argument("fused", metavar="FUSED.onnx")
-    pair.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                      help="ORT execution provider (cuda needs onnxruntime-gpu and a GPU)")
-
-    p = sub.add_parser("export", formatter_class=_Help, parents=[common],
-                       help="export a model to ONNX and verify it against torch",
-                       description=(
-        "Export a model with torch.onnx.export (dynamic batch and sequence axes, weights in "
-        "OUT.onnx.data), check it with onnx.checker, and verify it in ONNX Runtime (CPU, "
-        "graph optimizations disabled) against torch eager on the example inputs and on "
-        "batch=1 seq=37. Nothing is written unless every check passes."))
-    p.add_argument("--model", required=True, metavar="NAME|DIR|FILE.gguf",
-                   help="a model name (`onnxfuse models` lists them: seed, tiny, ..., smollm2), "
-                        "a Hugging Face checkpoint folder, or a .gguf file")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output model path")
-    p.add_argument("--part", choices=("full", "mlp"), default="full",
-                   help="the whole model, or one decoder layer's MLP fed its true hidden states")
-    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                   help="torch.onnx exporter")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weight/activation type")
-    p.add_argument("--opset", type=int, default=None,
-                   help="ONNX opset (default: the exporter's own; dynamo >= 18, torchscript <= 20)")
-    p.add_argument("--batch", type=_positive_int, default=None,
-                   help="batch of the example inputs (default: the model's, 2)")
-    p.add_argument("--seq", type=_positive_int, default=None,
-                   help="sequence length of the example inputs (default: the model's; seed 1024)")
-    p.add_argument("--seed", type=int, default=0, help="seeds random weights and inputs")
-    p.add_argument("--mlp-layer", type=int, default=0, help="the decoder layer of --part mlp")
-    p.add_argument("--rel-l2", type=float, default=None,
-                   help="verification ceiling on relative L2 (default: DESIGN.md's table for "
-                        "the dtype: 1e-5 float32, 5e-3 float16, 2e-2 bfloat16)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the ONNX Runtime vs torch check (onnx.checker still runs)")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.set_defaults(run=_run_export)
-
-    p = sub.add_parser("rewrite", formatter_class=_Help, parents=[common],
-                       help="fuse every gated MLP into one onnxfuse::FusedGatedMLP node",
-                       description=(
-        "Fuse every safe gated MLP (down(act(gate(x)) * up(x)), any operand order, silu / "
-        "gelu / gelu_tanh in their exported forms, optional biases) into one "
-        "onnxfuse::FusedGatedMLP node that carries a model-local function with the original "
-        "nodes, so the model still runs without the plugin. Near misses are reported with "
-        "their reason. Weights go to OUT.onnx.data."))
-    p.add_argument("input", metavar="IN.onnx", help="the model to rewrite (never modified)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output model path")
-    p.add_argument("--json", metavar="REPORT.json", default=None,
-                   help="write the report (fused nodes, skipped near misses) as JSON")
-    p.add_argument("--unfuse", action="store_true",
-                   help="inline fused nodes back into standard ops instead of fusing")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.set_defaults(run=_run_rewrite)
-
-    p = sub.add_parser("parity", formatter_class=_Help, parents=[common, pair],
-                       help="compare the original and the fused graph (and torch eager)",
-                       description=(
-        "Run the original graph and the fused graph in ONNX Runtime (graph optimizations "
-        "disabled) and, where the model records its source, torch eager, on the same seeded "
-        "inputs at two shapes (BATCHxSEQ and 1x37). Per output: max abs, max rel, rel L2, "
-        "cosine, NaN/Inf agreement, pass/fail against the tolerance table. On a failure the "
-        "first fused node that diverges is named. Exit 1 on failure."))
-    p.add_argument("--batch", type=_positive_int, default=None, help="first shape's batch (default: 2)")
-    p.add_argument("--seq", type=_positive_int, default=None, help="first shape's sequence (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the inputs")
-    p.add_argument("--rel-l2", type=_rel_l2_override, action="append", default=[], metavar="OUTPUT=X",
-                   help="override one output's ceiling (repeatable; default: the tolerance table)")
-    p.add_argument("--backend", choices=("default", "triton", "none"), default="default",
-                   help="how the fused nodes run: the plugin's default kernel (on CPU: ORT's own "
-                        "kernels via the function body, see docs/kernels.md), its triton backend "
-                        "(on CPU: the Triton interpreter, small shapes only), or none (plain ORT, "
-                        "no plugin)")
-    p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
-    p.set_defaults(run=_run_parity)
-
-    p = sub.add_parser("bench", formatter_class=_Help, parents=[common, pair],
-                       help="time the unfused graph, the fused graph and torch eager",
-                       description=(
-        "Time the unfused and the fused graph in ONNX Runtime (default graph optimizations, "
-        "as users run them) and torch eager where the model records its source, interleaved "
-        "in one run: warm-up rounds, then the median of --repeat rounds, with p20/p80."))
-    p.add_argument("--batch", type=_positive_int, default=2)
-    p.add_argument("--seq", type=_positive_int, default=16)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeat", type=_positive_int, default=10)
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: 0, ORT's choice)")
-    p.add_argument("--no-torch", action="store_true", help="skip torch eager")
-    p.add_argument("--backend", type=_backends, default=("default",), metavar="LIST",
-                   help="fused-graph backends to time, comma-separated, each its own case: "
-                        "default, triton (on CPU: the Triton interpreter, very slow), none, or all")
-    p.add_argument("--json", metavar="REPORT.json", default=None, help="write the JSON report")
-    p.set_defaults(run=_run_bench)
-
-    p = sub.add_parser("view", formatter_class=_Help, parents=[common],
-                       help="serve a model with Netron on a loopback port",
-                       description="Serve MODEL with Netron on 127.0.0.1, print the URL, open the "
-                                   "browser unless --no-browser; Ctrl-C stops it.")
+def _view_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    p.set_defaults(run=_run_view)
 
-    p = sub.add_parser("snapshot", formatter_class=_Help, parents=[common],
-                       help="render Netron's view of a model to PNG (headless Chromium)",
-                       description="Render Netron's view of MODEL to a PNG through headless "
-                                   "Chromium (needs chromium and chromium-driver).")
+
+def _snapshot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png")
     p.add_argument("--width", type=int, default=1600)
     p.add_argument("--height", type=int, default=1200)
     p.add_argument("--expect", default=None, metavar="LABEL",
-                   help="wait until a node with this label is drawn (e.g. FusedGatedMLP)")
+                   help=f"wait until a node with this label is drawn (e.g. {ops.FUSED_GATED_MLP.op_type})")
     p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.set_defaults(run=_run_snapshot)
 
-    p = sub.add_parser("models", formatter_class=_Help, parents=[common], help="list the model names",
-                       description="List the models that --model accepts by name.")
-    p.set_defaults(run=_run_models)
 
-    p = sub.add_parser("demo", formatter_class=_Help, parents=[common],
-                       help="run the main job end to end and write a report",
-                       description=(
+# The command lines of ExportConfig's and RewriteConfig's fields (their modules declare
+# none); their defaults and choices are the configs' own. ParityConfig, BenchConfig and
+# DemoConfig carry theirs (configs.py).
+_EXPORT_OPTIONS = {
+    "model": Option(metavar="NAME|DIR|FILE.gguf",
+                    help="a model name (`onnxfuse models` lists them: seed, tiny, ..., smollm2), "
+                         "a Hugging Face checkpoint folder, or a .gguf file"),
+    "output": Option(flags=("-o", "--output"), metavar="OUT.onnx", help="output model path"),
+    "part": Option(help="the whole model, or one decoder layer's MLP fed its true hidden states"),
+    "exporter": Option(help="torch.onnx exporter"),
+    "dtype": Option(help="weight/activation type"),
+    "opset": Option(help="ONNX opset (default: the exporter's own; dynamo >= 18, torchscript <= 20)"),
+    "batch": Option(parse=positive_int, help="batch of the example inputs (default: the model's, 2)"),
+    "seq": Option(parse=positive_int,
+                  help="sequence length of the example inputs (default: the model's; seed 1024)"),
+    "seed": Option(help="seeds random weights and inputs"),
+    "mlp_layer": Option(help="the decoder layer of --part mlp"),
+    "rel_l2": Option(help="verification ceiling on relative L2 (default: DESIGN.md's table for "
+                          "the dtype: 1e-5 float32, 5e-3 float16, 2e-2 bfloat16)"),
+    "verify": Option(help="skip the ONNX Runtime vs torch check (onnx.checker still runs)"),
+    "force": Option(help="replace an existing output"),
+}
+_REWRITE_OPTIONS = {
+    "input": Option(positional=True, metavar="IN.onnx", help="the model to rewrite (never modified)"),
+    "output": Option(flags=("-o", "--output"), metavar="OUT.onnx", help="output model path"),
+    "report": Option(flags=("--json",), metavar="REPORT.json",
+                     help="write the report (fused nodes, skipped near misses) as JSON"),
+    "unfuse": Option(help="inline fused nodes back into standard ops instead of fusing"),
+    "force": Option(help="replace an existing output"),
+}
+
+
+def _import(module: str, name: str) -> type[Any]:
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Command:
+    """A subcommand: its help, and either a config (whose fields make its arguments) or
+    hand-written arguments; ``run`` gets the config, else the parsed arguments."""
+
+    help: str
+    description: str
+    run: Callable[[Any], int]
+    config: Callable[[], type[Any]] | None = None  # imported only when the command is run
+    options: Mapping[str, Option] = dataclasses.field(default_factory=dict)
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    # Whether the command runs Triton kernels on CPU (the interpreter) for this config.
+    triton_on_cpu: Callable[[Any], bool] = lambda config: False
+
+
+_FUSED = ops.FUSED_GATED_MLP
+_COMMANDS = {
+    "export": _Command(
+        "export a model to ONNX and verify it against torch",
+        "Export a model with torch.onnx.export (dynamic batch and sequence axes, weights in "
+        "OUT.onnx.data), check it with onnx.checker, and verify it in ONNX Runtime (CPU, "
+        "graph optimizations disabled) against torch eager on the example inputs and on "
+        "batch=1 seq=37. Nothing is written unless every check passes.",
+        _run_export, functools.partial(_import, "onnxfuse.exporters", "ExportConfig"), _EXPORT_OPTIONS),
+    "rewrite": _Command(
+        f"fuse every gated MLP into one {_FUSED.qualified_name} node",
+        "Fuse every safe gated MLP (down(act(gate(x)) * up(x)), any operand order, silu / "
+        "gelu / gelu_tanh in their exported forms, optional biases) into one "
+        f"{_FUSED.qualified_name} node that carries a model-local function with the original "
+        "nodes, so the model still runs without the plugin. Near misses are reported with "
+        "their reason. Weights go to OUT.onnx.data.",
+        _run_rewrite, functools.partial(_import, "onnxfuse.graph_rewrites", "RewriteConfig"),
+        _REWRITE_OPTIONS),
+    "parity": _Command(
+        "compare the original and the fused graph (and torch eager)",
+        "Run the original graph and the fused graph in ONNX Runtime (graph optimizations "
+        "disabled) and, where the model records its source, torch eager, on the same seeded "
+        "inputs at two shapes (BATCHxSEQ and 1x37). Per output: max abs, max rel, rel L2, "
+        "cosine, NaN/Inf agreement, pass/fail against the tolerance table. On a failure the "
+        "first fused node that diverges is named. Exit 1 on failure.",
+        _run_parity, lambda: ParityConfig,
+        triton_on_cpu=lambda c: c.backend == "triton" and c.device == "cpu"),
+    "bench": _Command(
+        "time the unfused graph, the fused graph and torch eager",
+        "Time the unfused and the fused graph in ONNX Runtime (default graph optimizations, "
+        "as users run them) and torch eager where the model records its source, interleaved "
+        "in one run: warm-up rounds, then the median of --repeat rounds, with p20/p80.",
+        _run_bench, lambda: BenchConfig,
+        triton_on_cpu=lambda c: "triton" in c.backends and c.device == "cpu"),
+    "view": _Command(
+        "serve a model with Netron on a loopback port",
+        "Serve MODEL with Netron on 127.0.0.1, print the URL, open the browser unless "
+        "--no-browser; Ctrl-C stops it.",
+        _run_view, arguments=_view_arguments),
+    "snapshot": _Command(
+        "render Netron's view of a model to PNG (headless Chromium)",
+        "Render Netron's view of MODEL to a PNG through headless Chromium (needs chromium and "
+        "chromium-driver).",
+        _run_snapshot, arguments=_snapshot_arguments),
+    "models": _Command("list the model names", "List the models that --model accepts by name.",
+                       _run_models),
+    "demo": _Command(
+        "run the main job end to end and write a report",
         "Build the model; export it and its isolated MLP; rewrite both; check parity "
         "(original vs fused vs torch); run the Triton kernel on the fused MLP's weights; bench; "
         "write report.html, report.json and PNGs to --out. With smollm2, also compare 32 greedy "
-        "tokens from the fused ONNX model with torch's."))
-    p.add_argument("--model", default="seed", help="model name, folder or .gguf file")
-    p.add_argument("--out", default="out/demo", metavar="DIR",
-                   help="output folder (its previous demo files are replaced)")
-    p.set_defaults(run=_run_demo)
+        "tokens from the fused ONNX model with torch's.",
+        _run_demo, lambda: DemoConfig,
+        # The demo runs the plugin's triton backend on CPU sessions: in the interpreter.
+        triton_on_cpu=lambda c: True),
+}
+
+
+def _cli_options(cls: type[Any], options: Mapping[str, Option]) -> dict[str, Option]:
+    """The fields of ``cls`` that are command-line options: ``options``, else their metadata."""
+    return {f.name: options.get(f.name) or f.metadata["cli"] for f in dataclasses.fields(cls)
+            if f.name in options or "cli" in f.metadata}
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` for argparse: its ``ValueError`` message becomes the usage error."""
+    if parse in (int, float, str, Path):
+        return parse  # argparse's own message ("invalid int value: 'x'")
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, cls: type[Any],
+                          options: Mapping[str, Option]) -> None:
+    """One argument per command-line field of ``cls``, its default and choices the field's."""
+    hints = typing.get_type_hints(cls)
+    for name, opt in _cli_options(cls, options).items():
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        kind = hints[name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() if f.default_factory is not dataclasses.MISSING
+                   else dataclasses.MISSING)
+        kw: dict[str, Any] = {"help": opt.help}
+        if kind is bool:
+            flags = opt.flags or (f"--{'no-' if default else ''}{name.replace('_', '-')}",)
+            parser.add_argument(*flags, dest=name, action="store_false" if default else "store_true", **kw)
+            continue
+        if opt.metavar:
+            kw["metavar"] = opt.metavar
+        if typing.get_origin(kind) is typing.Literal:
+            kw["choices"] = typing.get_args(kind)
+        else:
+            kw["type"] = _argument_type(opt.parse or kind)
+        if opt.positional:
+            parser.add_argument(name, **kw)
+            continue
+        if opt.repeat:
+            kw.update(action="append", default=[])
+        elif default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = default
+        parser.add_argument(*(opt.flags or (f"--{name.replace('_', '-')}",)), dest=name, **kw)
+
+
+def _config_from_args(cls: type[Any], options: Mapping[str, Option], args: argparse.Namespace) -> Any:
+    """``cls`` built from the parsed command-line fields (the others keep their defaults)."""
+    return cls(**{name: dict(getattr(args, name)) if opt.repeat else getattr(args, name)
+                  for name, opt in _cli_options(cls, options).items()})
+
+
+def _parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s arguments are built (a config may import torch)."""
+    parser = _Parser(prog="onnxfuse", description=(
+        "Export Llama-family models to ONNX, fuse their gated MLPs into one node, and prove "
+        "that nothing changed numerically."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {onnxfuse.__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, cmd in _COMMANDS.items():
+        p = sub.add_parser(name, formatter_class=_Help, parents=[common], help=cmd.help,
+                           description=cmd.description)
+        if name != command:
+            continue
+        if cmd.config is not None:
+            _add_config_arguments(p, cmd.config(), cmd.options)
+        elif cmd.arguments is not None:
+            cmd.arguments(p)
     return parser
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("onnxfuse")
-    except PackageNotFoundError:
-        return "unknown"
+def _use_interpreter(cmd: _Command, config: Any) -> None:
+    """Triton reads ``TRITON_INTERPRET`` once, at import: decide it here, at process entry,
+    before anything imports triton, and only for a command that runs Triton kernels on CPU."""
+    if config is not None and cmd.triton_on_cpu(config):
+        os.environ["TRITON_INTERPRET"] = "1"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``onnxfuse`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _quiet_third_parties()  # before building the parser: a command's config may import torch
+    args = _parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     if not args.quiet:
         log.addHandler(_Progress())
         log.setLevel(logging.INFO)
-    _quiet_third_parties()
-    run: Callable[[argparse.Namespace], int] = args.run
+    cmd = _COMMANDS[args.command]
     try:
-        return run(args)
+        config = _config_from_args(cmd.config(), cmd.options, args) if cmd.config else None
+        _use_interpreter(cmd, config)
+        return cmd.run(args if config is None else config)
     except OnnxfuseError as e:
         sys.stderr.write(f"onnxfuse {args.command}: error: {e}\n")
         return e.exit_code

@@ -9,7 +9,6 @@ also greedy generation from the fused ONNX model in ORT against torch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -20,29 +19,22 @@ from typing import Any
 
 import numpy as np
 
+from onnxfuse import ops
 from onnxfuse.errors import OnnxfuseError, UnsupportedError
 from onnxfuse.exporters import ExportConfig, export
+from onnxfuse.fileio import staged_file, write_report
 from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import report as report_mod
 from onnxfuse.pipeline import sessions
-from onnxfuse.pipeline.bench import BenchConfig, bench
-from onnxfuse.pipeline.parity import ParityConfig, parity
+from onnxfuse.pipeline.bench import bench
+from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, ParityConfig
+from onnxfuse.pipeline.parity import parity
 
 __all__ = ["DemoConfig", "DemoResult", "greedy_generation", "run_demo"]
 
 log = logging.getLogger(__name__)
 _TRITON_TOKENS = 4  # the interpreter runs ~20 ms per program: keep the Triton check small
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoConfig:
-    """Demo settings: the model, the output folder, and the generation length."""
-
-    model: str = "seed"
-    out: Path = Path("out/demo")
-    generate_tokens: int = 32
-    bench_repeat: int = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +129,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         _step(summary, f"export {part}", f"{onnx_path.name}: rel L2 vs torch {worst:.2e} on 2 shapes", r.verified)
         fused = out / f"{stem}-{part}-fused.onnx"
         rw = rewrite(RewriteConfig(onnx_path, fused, report=out / f"rewrite-{part}.json", force=True))
-        _step(summary, f"rewrite {part}", f"{len(rw.fused)} FusedGatedMLP of {r.layers if part == 'full' else 1} "
+        _step(summary, f"rewrite {part}", f"{len(rw.fused)} {ops.FUSED_GATED_MLP.op_type} of {r.layers if part == 'full' else 1} "
               f"layer(s), {len(rw.skipped)} near miss(es), {rw.seconds:.2f}s", len(rw.fused) == (r.layers if part == "full" else 1))
         paths[part] = (onnx_path, fused)
         p = parity(ParityConfig(onnx_path, fused, backend=backend, report=out / f"parity-{part}.json",
@@ -167,7 +159,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     images = _images(out, paths, b, summary)
     data["summary"] = summary
     data["seconds"] = time.perf_counter() - start
-    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_report(out / "report.json", data)
     report_mod.write_html(data, images, out / "report.html")
     _print_summary(summary, out, data["seconds"])
     return DemoResult(out, all(s["ok"] for s in summary), tuple(summary))
@@ -193,9 +185,8 @@ def _annotate_parity(fused: Path, result: Any) -> None:
                 existing = node.metadata_props.add()
                 existing.key = key
             existing.value = value
-    staged = fused.with_name(f".{fused.name}.partial")
-    onnx.save(model, os.fspath(staged))
-    os.replace(staged, fused)
+    with staged_file(fused) as tmp:
+        onnx.save(model, os.fspath(tmp))
 
 
 def _images(out: Path, paths: dict[str, tuple[Path, Path]], b: Any, summary: list[dict[str, Any]]) -> dict[str, str]:
@@ -216,7 +207,7 @@ def _images(out: Path, paths: dict[str, tuple[Path, Path]], b: Any, summary: lis
     for label, path, name in (("before", paths["mlp"][0], "graph-before.png"), ("after", paths["mlp"][1], "graph-after.png")):
         try:
             snapshot(path, out / name, width=1100, height=900,
-                     expect="FusedGatedMLP" if label == "after" else "MatMul")
+                     expect=ops.FUSED_GATED_MLP.op_type if label == "after" else "MatMul")
             images[f"Netron: the isolated MLP {label} the rewrite"] = name
         except OnnxfuseError as e:
             _step(summary, f"snapshot {label}", f"skipped: {e}", True)

@@ -4,56 +4,22 @@ failure, the first fused node that diverges."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from onnxfuse.errors import UserError
 from onnxfuse.exporters import SECOND_SHAPE
-from onnxfuse.fileio import check_output, staged_outputs
+from onnxfuse.fileio import check_output, write_report
 from onnxfuse.numerics import Comparison, compare, tolerance
 from onnxfuse.pipeline import sessions
+from onnxfuse.pipeline.configs import ParityConfig
 
 __all__ = ["ParityConfig", "ParityResult", "parity"]
 
 log = logging.getLogger(__name__)
-_DEFAULT_SHAPE = (2, 16)
-
-
-@dataclasses.dataclass(frozen=True)
-class ParityConfig:
-    """Compare ``original`` and ``fused`` on two input shapes.
-
-    Attributes:
-        device: ``cpu`` or ``cuda``.
-        backend: the plugin backend (``default`` or ``triton``) for the fused graph; ``none``
-            runs its function bodies in plain ORT.
-        batch, seq: the first shape (default 2 × 16); the second is always 1 × 37.
-        rel_l2: per-output ceilings overriding the tolerance table.
-        report: where to write the JSON report.
-        session_options: a factory for the fused graph's ORT session options; ``None``: the
-            plugin with ``backend`` on ``device`` (:func:`sessions.plugin_options`).
-        per_node: compare every fused node's output even when the outputs pass (on the
-            first shape); on a failure this always happens.
-        force: replace an existing report.
-    """
-
-    original: Path
-    fused: Path
-    device: str = "cpu"
-    backend: str = "default"
-    batch: int | None = None
-    seq: int | None = None
-    seed: int = 0
-    rel_l2: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    report: Path | None = None
-    session_options: Callable[[], Any] | None = None
-    per_node: bool = False
-    force: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,16 +63,15 @@ def parity(config: ParityConfig) -> ParityResult:
                         f"{[i[0] for i in fused.inputs]}")
     report = check_output(config.report, force=config.force, inputs=[config.original, config.fused]) if config.report else None
     dtype = original.metadata.get("onnxfuse.dtype", "float32")
-    factory = config.session_options or sessions.plugin_options(config.backend, config.device)
+    factory = sessions.plugin_options(config.backend, config.device)
     options = factory() if factory else None
     ref_sess = sessions.session(config.original, device=config.device)
     fused_sess = sessions.session(config.fused, device=config.device, options=options)
-    first = (config.batch or _DEFAULT_SHAPE[0], config.seq or _DEFAULT_SHAPE[1])
     outputs: list[Comparison] = []
     vs_torch: list[Comparison] = []
     feeds_for_localising = None
     first_feeds = None
-    for batch, seq in (first, SECOND_SHAPE):
+    for batch, seq in ((config.batch, config.seq), SECOND_SHAPE):
         log.info("parity on batch=%d seq=%d", batch, seq)
         feeds, source = sessions.make_inputs(original, batch, seq, config.seed)
         first_feeds = first_feeds or feeds
@@ -130,8 +95,7 @@ def parity(config: ParityConfig) -> ParityResult:
     result = ParityResult(all(c.passed for c in outputs) and all(c.passed for c in vs_torch),
                           tuple(outputs), tuple(vs_torch), first_divergent, tuple(nodes))
     if report is not None:
-        with staged_outputs(report) as stage:
-            (stage / report.name).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        write_report(report, result.as_dict())
     return result
 
 

@@ -1,5 +1,7 @@
-"""The demo report: ``report.json``, ``report.html`` and its PNGs (graph snapshots, error
-histograms, timing bars). Written into a staging folder and moved into place at the end."""
+"""The demo report's pages and figures: ``report.html`` and its PNGs (error histograms,
+timing bars; the graph snapshots are :func:`onnxfuse.pipeline.view.snapshot`'s). Each file
+is written through :mod:`onnxfuse.fileio`: staged beside its final place and renamed into
+it when complete, so a failed run leaves the previous file (or none), never a partial one."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from onnxfuse.fileio import staged_file, write_text
 
 __all__ = ["error_histogram", "timing_bars", "write_html"]
 
@@ -38,8 +42,11 @@ def error_histogram(diffs: Mapping[str, np.ndarray], png: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+    try:
+        with staged_file(png) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def timing_bars(cases: Sequence[Mapping[str, Any]], png: Path, title: str) -> None:
@@ -60,8 +67,11 @@ def timing_bars(cases: Sequence[Mapping[str, Any]], png: Path, title: str) -> No
     ax.set_xlabel("median ms (p20–p80)")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+    try:
+        with staged_file(png) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def write_html(report: Mapping[str, Any], images: Mapping[str, str], path: Path) -> None:
@@ -90,4 +100,4 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 12px; }}
 <h2>report.json</h2><pre>{html.escape(json.dumps(report, indent=2)[:20000])}</pre>
 </body></html>
 """
-    path.write_text(page)
+    write_text(path, page)

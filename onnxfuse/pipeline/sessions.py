@@ -17,12 +17,10 @@ import onnx
 from onnxfuse import models, ops
 from onnxfuse.errors import InvalidModelError, UnsupportedError, UserError, first_line
 from onnxfuse.modelfile import read_model
+from onnxfuse.pipeline.configs import BACKENDS, DEVICES
 
 __all__ = ["BACKENDS", "ModelInfo", "make_inputs", "model_info", "plugin_options", "run", "session"]
 
-DEVICES = ("cpu", "cuda")
-# The fused graph's backends: plain ORT (function bodies), the plugin's default, its triton bridge.
-BACKENDS = ("none", "default", "triton")
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -34,7 +32,7 @@ class ModelInfo:
     inputs: tuple[tuple[str, int, tuple[int | str, ...]], ...]  # name, elem type, dims
     outputs: tuple[str, ...]
     metadata: dict[str, str]
-    fused_nodes: tuple[str, ...]  # names of FusedGatedMLP nodes
+    fused_nodes: tuple[str, ...]  # names of the fused-op nodes (ops.is_fused)
     fused_outputs: tuple[str, ...]  # their output value names
 
     @property

@@ -13,7 +13,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from onnxfuse.errors import UnsupportedError, UserError
+from onnxfuse.errors import OutputError, UnsupportedError, UserError
+from onnxfuse.fileio import staged_file
 from onnxfuse.pipeline import sessions
 
 __all__ = ["chromium_path", "free_port", "serve", "snapshot"]
@@ -118,11 +119,9 @@ def snapshot(model: str | os.PathLike[str], png: str | os.PathLike[str], *, widt
             else:
                 raise UserError(f"Netron did not draw {expect or 'the graph'} within {timeout:.0f} s")
             time.sleep(0.5)  # let the last layout pass settle before the screenshot
-            with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as tmp:
-                pass
-            driver.save_screenshot(tmp.name)
-            os.chmod(tmp.name, 0o644)
-            os.replace(tmp.name, out)
+            with staged_file(out) as tmp:
+                if not driver.save_screenshot(os.fspath(tmp)):
+                    raise OutputError(f"Chromium could not write the screenshot {out}: choose another output")
             return labels
         finally:
             driver.quit()

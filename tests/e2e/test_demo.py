@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import onnxfuse
+
 
 def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
     env = {**os.environ}
@@ -22,6 +24,8 @@ def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "demo"
     report = json.loads((out / "report.json").read_text())
+    assert report["onnxfuse_version"] == onnxfuse.__version__
+    assert json.loads((out / "parity-mlp.json").read_text())["onnxfuse_version"] == onnxfuse.__version__
     steps = {s["step"]: s for s in report["summary"]}
     for step in ("export full", "rewrite full", "parity full", "export mlp", "rewrite mlp",
                  "parity mlp", "triton backend", "bench mlp"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnxfuse
 from onnxfuse.exporters import ExportConfig, export
 from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 from tests.conftest import run_cli
@@ -21,6 +22,7 @@ def test_bench_reports_cases_and_speedup(tmp_path: Path) -> None:
     for case in report["cases"]:
         assert case["median_ms"] > 0 and case["repeat"] == 3 and case["onnxruntime"]
     assert report["speedup"] > 0
+    assert report["onnxfuse_version"] == onnxfuse.__version__
     assert "speedup (unfused / fused)" in proc.stdout
 
 

@@ -90,3 +90,87 @@ def test_models_lists_every_name() -> None:
     assert proc.returncode == 0
     for name in ("seed", "tiny", "tiny-mistral", "tiny-qwen2", "smollm2"):
         assert name in proc.stdout
+
+
+@pytest.mark.parametrize("command,required", [
+    ("export", ["--model", "tiny", "-o", "m.onnx"]),
+    ("rewrite", ["in.onnx", "-o", "out.onnx"]),
+    ("parity", ["a.onnx", "b.onnx"]),
+    ("bench", ["a.onnx", "b.onnx"]),
+    ("demo", []),
+])
+def test_each_option_defaults_to_its_config_field(command: str, required: list[str]) -> None:
+    """The CLI's options are built from the stage config: parsing only the required
+    arguments gives the config with every other field at its declared default."""
+    import dataclasses
+
+    from onnxfuse.pipeline import cli
+
+    cmd = cli._COMMANDS[command]
+    assert cmd.config is not None
+    cls = cmd.config()
+    args = cli._parser(command).parse_args([command, *required])
+    config = cli._config_from_args(cls, cmd.options, args)
+    given = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
+             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    assert config == cls(**given)
+    assert len(cli._cli_options(cls, cmd.options)) >= len(given) + 1
+
+
+def test_parity_and_bench_flags_set_their_config_fields() -> None:
+    from onnxfuse.pipeline import cli
+    from onnxfuse.pipeline.configs import BenchConfig, ParityConfig
+
+    args = cli._parser("parity").parse_args([
+        "parity", "a.onnx", "b.onnx", "--backend", "triton", "--batch", "3", "--rel-l2", "logits=1e-4",
+        "--rel-l2", "y=2", "--json", "r.json", "--force", "--device", "cuda"])
+    assert cli._config_from_args(ParityConfig, {}, args) == ParityConfig(
+        Path("a.onnx"), Path("b.onnx"), device="cuda", backend="triton", batch=3,
+        rel_l2={"logits": 1e-4, "y": 2.0}, report=Path("r.json"), force=True)
+    args = cli._parser("bench").parse_args(["bench", "a.onnx", "b.onnx", "--backend", "triton,none",
+                                            "--no-torch", "--repeat", "4"])
+    assert cli._config_from_args(BenchConfig, {}, args) == BenchConfig(
+        Path("a.onnx"), Path("b.onnx"), backends=("triton", "none"), torch=False, repeat=4)
+
+
+@pytest.mark.parametrize("command,option,default", [
+    ("parity", "--batch", "2"), ("parity", "--seq", "16"), ("parity", "--backend", "default"),
+    ("parity", "--device", "cpu"), ("bench", "--backend", "default"), ("bench", "--repeat", "10"),
+    ("demo", "--out", "out/demo"),
+])
+def test_help_states_each_commands_defaults(command: str, option: str, default: str) -> None:
+    proc = run_cli([command, "--help"])
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    after = text[text.index(f" {option} ", text.index("options:")):]
+    assert f"(default: {default})" in after.split(" --")[1]
+
+
+@pytest.mark.parametrize("command", ["parity", "bench"])
+def test_backend_means_the_same_for_parity_and_bench(command: str) -> None:
+    from onnxfuse.pipeline.configs import BACKENDS
+
+    proc = run_cli([command, "--help"])
+    text = " ".join(proc.stdout.split())
+    assert all(f"{b} (" in text for b in BACKENDS), text
+    bad = run_cli([command, "a.onnx", "b.onnx", "--backend", "fast"])
+    assert bad.returncode == 2 and "'fast'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("config,fields,needle", [
+    ("ParityConfig", {"backend": "fast"}, "unknown backend 'fast'"),
+    ("ParityConfig", {"device": "tpu"}, "unknown device 'tpu'"),
+    ("ParityConfig", {"seq": 0}, "seq must be >= 1"),
+    ("BenchConfig", {"backends": ("default", "fast")}, "unknown backend 'fast'"),
+    ("BenchConfig", {"backends": ()}, "unknown backend list ()"),
+    ("BenchConfig", {"warmup": -1}, "warmup must be >= 0"),
+])
+def test_a_bad_config_value_is_a_user_error(config: str, fields: dict[str, object], needle: str) -> None:
+    import onnxfuse
+
+    with pytest.raises(onnxfuse.UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        getattr(onnxfuse, config)(Path("a.onnx"), Path("b.onnx"), **fields)
+
+
+def test_a_value_only_the_config_checks_exits_2() -> None:
+    _assert_user_error(run_cli(["bench", "a.onnx", "b.onnx", "--threads", "-1"]), "threads must be >= 0")

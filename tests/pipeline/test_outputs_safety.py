@@ -300,3 +300,53 @@ def test_model_files_are_the_graph_and_every_weights_file_it_names(inputs: Path,
     assert model_files(tmp_path / "m.onnx") == (
         tmp_path / "m.onnx", tmp_path / "fused.onnx.data", tmp_path / "in_function.bin",
         tmp_path / "sub/in_graph.bin")
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_failed_single_file_write_keeps_the_old_file(tmp_path: Path) -> None:
+    from onnxfuse.fileio import staged_file, write_report
+
+    out = tmp_path / "r.json"
+    out.write_text("old\n")
+    with pytest.raises(_Crash), staged_file(out) as tmp:
+        tmp.write_text("half a rep")
+        raise _Crash
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    write_report(out, {"passed": True})
+    assert '"passed": true' in out.read_text()
+
+
+def test_report_files_are_never_left_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's HTML page and PNGs: a write that dies half-way leaves the previous file."""
+    import matplotlib.figure
+
+    from onnxfuse.pipeline import report
+
+    html, png = tmp_path / "report.html", tmp_path / "errors.png"
+    html.write_text("old page")
+    png.write_bytes(b"old png")
+
+    def half_then_crash(self: object, target: object, *args: object, **kwargs: object) -> None:
+        Path(os.fspath(target)).write_bytes(b"\x89PNG half")  # type: ignore[arg-type]
+        raise _Crash
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_then_crash)
+    with pytest.raises(_Crash):
+        report.error_histogram({"x": np.ones(4)}, png)
+    with pytest.raises(_Crash):
+        report.timing_bars([{"name": "a", "median_ms": 1.0, "p20_ms": 0.9, "p80_ms": 1.1}], png, "t")
+    real_write_text = Path.write_text
+
+    def half_text_then_crash(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        real_write_text(self, text[: len(text) // 2])
+        raise _Crash
+
+    monkeypatch.setattr(Path, "write_text", half_text_then_crash)
+    with pytest.raises(_Crash):
+        report.write_html({"model": "m", "summary": []}, {}, html)
+    monkeypatch.undo()
+    assert html.read_text() == "old page" and png.read_bytes() == b"old png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.png", "report.html"]

@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+import onnxfuse
 from onnxfuse.exporters import ExportConfig, export
 from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 from tests.conftest import run_cli
@@ -38,6 +39,7 @@ def test_parity_passes_and_follows_the_json_contract(pair: tuple[Path, Path], tm
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["passed"] is True
+    assert report["onnxfuse_version"] == onnxfuse.__version__
     assert [o["name"] for o in report["outputs"]] == ["logits@2x16", "logits@1x37"]
     for row in report["outputs"]:
         assert {"name", "max_abs", "rel_l2", "passed"} <= set(row) and row["passed"]

@@ -174,13 +174,14 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
         args: dict[str, object] = dict(
             a_desc=f"tensordesc<{elt}[{bm}, {bk}]>", b1_desc=f"tensordesc<{elt}[{bk}, {bn}]>",
             b2_desc=f"tensordesc<{elt}[{bk}, {bn}]>", bias1_ptr=ptr, bias2_ptr=ptr,
-            c_desc=f"tensordesc<{elt}[{bm}, {bn}]>", M=m, N=n, K=k)
+            c_desc=f"tensordesc<{elt}[{bm}, {bn}]>", M=m, N=n, K=k, stride_bias1=1, stride_bias2=1)
     else:
         kernel_fn = _gemm_kernel
         out = ptr if cfg.split_k == 1 else "*fp32"  # split-K programs store float32 partials
         args = dict(
             a_ptr=ptr, b1_ptr=ptr, b2_ptr=ptr, bias1_ptr=ptr, bias2_ptr=ptr, c_ptr=out, M=m, N=n, K=k,
-            stride_am=k, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n, stride_cn=1,
+            stride_am=k, stride_ak=1, stride_b1k=n, stride_b1n=1, stride_b2k=n, stride_b2n=1,
+            stride_bias1=1, stride_bias2=1, stride_cm=n, stride_cn=1,
             stride_cs=0 if cfg.split_k == 1 else m * n)
         constants["SPLIT_K"] = cfg.split_k
     args.update({name: ("constexpr", value) for name, value in constants.items()})

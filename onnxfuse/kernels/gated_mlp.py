@@ -119,13 +119,13 @@ def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.c
 
 
 @triton.jit
-def _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, mask_n, GATED: tl.constexpr,
-              HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+def _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, stride_bias1, stride_bias2, offs_n, mask_n,
+              GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
     """acc1 (+ bias1), or act(acc1 + bias1) * (acc2 + bias2) if GATED; float32."""
     if HAS_BIAS:
-        acc1 += tl.load(bias1_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        acc1 += tl.load(bias1_ptr + offs_n * stride_bias1, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if GATED:
-            acc2 += tl.load(bias2_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            acc2 += tl.load(bias2_ptr + offs_n * stride_bias2, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if GATED:
         acc1 = _activation(acc1, ACTIVATION) * acc2
     return acc1
@@ -138,7 +138,8 @@ def _gemm_kernel(
     # sizes
     M, N, K,
     # strides
-    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_cs,
+    stride_am, stride_ak, stride_b1k, stride_b1n, stride_b2k, stride_b2n, stride_bias1, stride_bias2,
+    stride_cm, stride_cn, stride_cs,
     # constexprs
     GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -162,8 +163,8 @@ def _gemm_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < N
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b1_ptrs = b1_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
-    b2_ptrs = b2_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+    b1_ptrs = b1_ptr + offs_k[:, None] * stride_b1k + offs_n[None, :] * stride_b1n
+    b2_ptrs = b2_ptr + offs_k[:, None] * stride_b2k + offs_n[None, :] * stride_b2n
 
     acc1 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
     acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
@@ -180,12 +181,12 @@ def _gemm_kernel(
             if UPCAST:
                 b2 = b2.to(tl.float32)
             acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
-            b2_ptrs += BLOCK_K * stride_bk
+            b2_ptrs += BLOCK_K * stride_b2k
         a_ptrs += BLOCK_K * stride_ak
-        b1_ptrs += BLOCK_K * stride_bk
+        b1_ptrs += BLOCK_K * stride_b1k
 
-    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, mask_n, GATED,
-                     HAS_BIAS and SPLIT_K == 1, ACTIVATION)
+    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, stride_bias1, stride_bias2, offs_n, mask_n,
+                     GATED, HAS_BIAS and SPLIT_K == 1, ACTIVATION)
     c_ptrs = c_ptr + pid_k * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc1.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -194,6 +195,7 @@ def _gemm_kernel(
 def _gemm_tma_kernel(
     a_desc, b1_desc, b2_desc, bias1_ptr, bias2_ptr, c_desc,
     M, N, K,
+    stride_bias1, stride_bias2,
     GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -220,7 +222,8 @@ def _gemm_tma_kernel(
                 b2 = b2.to(tl.float32)
             acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
     offs_n = off_n + tl.arange(0, BLOCK_N)
-    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, offs_n < N, GATED, HAS_BIAS, ACTIVATION)
+    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, stride_bias1, stride_bias2, offs_n, offs_n < N,
+                     GATED, HAS_BIAS, ACTIVATION)
     c_desc.store([off_m, off_n], acc1.to(c_desc.dtype))
 
 
@@ -228,7 +231,7 @@ def _gemm_tma_kernel(
 def _reduce_kernel(
     partial_ptr, bias_ptr, c_ptr,
     M, N,
-    stride_ps, stride_pm, stride_cm, stride_cn,
+    stride_ps, stride_pm, stride_bias, stride_cm, stride_cn,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """C[m, n] = sum over s of partial[s, m, n] (+ bias[n]), summed in order s = 0, 1, ..."""
@@ -241,7 +244,7 @@ def _reduce_kernel(
     for s in range(SPLIT_K):
         acc += tl.load(partial_ptr + s * stride_ps + m * stride_pm + n, mask=mask, other=0.0)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + n, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(bias_ptr + n * stride_bias, mask=mask, other=0.0).to(tl.float32)
     tl.store(c_ptr + m * stride_cm + n * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
@@ -285,10 +288,27 @@ def _validate(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down:
 
 def _tma_eligible(*tensors: torch.Tensor) -> bool:
     """Whether TMA can address these 2-D tensors: Triton has tensor descriptors, unit inner
-    strides, 16-byte aligned bases and row strides."""
+    strides, 16-byte aligned bases and non-zero row strides (transposed views, column gaps
+    and broadcast rows take the pointer kernel)."""
     return _TensorDescriptor is not None and all(
-        t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
-        and t.data_ptr() % 16 == 0 for t in tensors)
+        t.dim() == 2 and t.stride(1) == 1 and t.stride(0) > 0
+        and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _stride(t: torch.Tensor | None) -> int:
+    """A bias's element stride; 1 for an absent one, which the kernel does not read (1, as
+    for a contiguous bias, keeps the specialisation the AOT build compiles)."""
+    return 1 if t is None else t.stride(0)
+
+
+def _rows(y: torch.Tensor, m: int, d: int) -> tuple[torch.Tensor, bool]:
+    """The output ``y`` as ``[m, d]`` to launch on, and whether it must be copied into ``y``
+    afterwards: a view when its leading dims flatten (with any row and element strides), else
+    a fresh buffer."""
+    try:
+        return y.view(m, d), False
+    except RuntimeError:  # leading dims that no single row stride spans
+        return torch.empty((m, d), dtype=y.dtype, device=y.device), True
 
 
 def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: torch.Tensor | None,
@@ -309,7 +329,8 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
             _TensorDescriptor.from_tensor(a, [bm, bk]), b_desc,  # type: ignore[union-attr]
             _TensorDescriptor.from_tensor(b2, [bk, bn]) if b2 is not None else b_desc,  # type: ignore[union-attr]
             bias1 if bias1 is not None else b1, bias2 if bias2 is not None else b1,
-            _TensorDescriptor.from_tensor(c, [bm, bn]), M, N, K, **constexprs)  # type: ignore[union-attr]
+            _TensorDescriptor.from_tensor(c, [bm, bn]), M, N, K,  # type: ignore[union-attr]
+            _stride(bias1), _stride(bias2), **constexprs)
         return
     target = c if split_k == 1 else torch.empty((split_k, M, N), dtype=torch.float32, device=a.device)
     stride_cs = 0 if split_k == 1 else target.stride(0)
@@ -319,14 +340,16 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
         a, b1, b2 if b2 is not None else b1, bias1 if bias1 is not None else b1,
         bias2 if bias2 is not None else b1, target,
         M, N, K,
-        a.stride(0), a.stride(1), b1.stride(0), b1.stride(1), stride_cm, stride_cn, stride_cs,
+        a.stride(0), a.stride(1), b1.stride(0), b1.stride(1),
+        *(b2 if b2 is not None else b1).stride(), _stride(bias1), _stride(bias2),
+        stride_cm, stride_cn, stride_cs,
         SPLIT_K=split_k, **constexprs,
     )
     if split_k > 1:
         block = 1024
         _reduce_kernel[(triton.cdiv(M * N, block),)](
             target, bias1 if bias1 is not None else c, c, M, N,
-            target.stride(0), target.stride(1), c.stride(0), c.stride(1),
+            target.stride(0), target.stride(1), _stride(bias1), c.stride(0), c.stride(1),
             SPLIT_K=split_k, HAS_BIAS=bias1 is not None, BLOCK=block,
         )
 
@@ -356,6 +379,12 @@ def fused_gated_mlp(
         activation: ``silu``, ``gelu`` or ``gelu_tanh``.
         precision: for float32 inputs, ``tf32`` (tensor cores, default) or ``ieee``.
         out: optional output buffer (``x``'s shape and dtype), written in full.
+
+        Every operand and ``out`` may be any strided view (transposed, sliced with gaps,
+        broadcast): each reaches the kernels with its own strides, weights and biases without
+        a copy. X and ``out`` are seen as ``[rows, d]``: a view when their leading dims
+        flatten, else X is copied once (1/d_ff of the GEMMs' work) and the output goes
+        through a buffer copied into ``out``.
         config, down_config: tile sizes of the gate/up and down launches (``config`` alone
             serves both); given, they are used as they are.
         autotune: time the shape class's candidate configs once per shape bucket and use
@@ -376,7 +405,7 @@ def fused_gated_mlp(
     m = a.shape[0]
     tune = _autotune(autotune, x)
     h = torch.empty((m, d_ff), dtype=x.dtype, device=x.device)
-    y2 = y.view(-1, d) if y.is_contiguous() else torch.empty_like(a)
+    y2, copy_back = _rows(y, m, d)
     stages = (  # (stage, launch, n, k, explicit config)
         ("gate_up", functools.partial(_launch, a, w_gate, w_up, b_gate, b_up, h, gated=True,
                                       activation=activation, precision=precision), d_ff, d, config),
@@ -397,6 +426,6 @@ def fused_gated_mlp(
             launch(config=interpreter_config(m, n, k))
         else:
             launch(config=candidates[0])
-    if not y.is_contiguous():
+    if copy_back:
         y.copy_(y2.view(y.shape))
     return y

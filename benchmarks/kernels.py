@@ -273,13 +273,14 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="test this script on CPU: tiny shapes, interpreter, wall clock, made-up ceilings")
     args = parser.parse_args()
+    if args.dry_run:  # the interpreter is chosen before anything imports Triton
+        os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
     def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         _write(args.json, rows, meta)
 
     if args.dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"
         rows, meta = _bench(DRY_RUN_SHAPES, dry_run=True, report=report)
     elif not torch.cuda.is_available():
         return _smoke()

@@ -1,9 +1,10 @@
 """Kernels: the torch reference of FusedGatedMLP, its Triton kernels, ahead-of-time builds,
 and the native ONNX Runtime plugin (:mod:`ortlib`) with its Python bridge (:mod:`bridge`).
 
-The Triton kernels are imported lazily: whether Triton compiles or interprets them is fixed
-when they are first imported (``TRITON_INTERPRET``), and the plugin's triton backend on CPU
-must be able to choose the interpreter before that.
+The Triton kernels are imported lazily (importing this package costs neither torch nor
+Triton). Whether Triton compiles or interprets them (``TRITON_INTERPRET``) is decided once,
+when the process starts (the test suite's conftest, the ``onnxfuse`` CLI, or the user's
+environment); library code only reads it, through :func:`interpreting`.
 """
 
 from __future__ import annotations

@@ -22,14 +22,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from onnxfuse import ops
 from onnxfuse.errors import KernelError
 from onnxfuse.kernels.configs import CANDIDATES, KernelConfig
 
-__all__ = ["SHARED_MEMORY_LIMITS", "CompiledKernel", "compile_gated_mlp", "specialisation"]
-
-_TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-# Shared memory a block may use (opt-in maximum), bytes: A100 (sm_80) and H100 (sm_90).
-SHARED_MEMORY_LIMITS = {80: 163 * 1024, 90: 227 * 1024}
+__all__ = ["CompiledKernel", "compile_gated_mlp", "specialisation"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +140,7 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
             compiler's).
     """
     import triton
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -155,8 +153,8 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
 
     if not isinstance(_gemm_kernel, triton.runtime.JITFunction):
         raise KernelError("ahead-of-time compilation needs compiled Triton: unset TRITON_INTERPRET")
-    if dtype not in _TRITON_DTYPES:
-        raise KernelError(f"unknown dtype {dtype!r}: choose one of {', '.join(_TRITON_DTYPES)}")
+    if dtype not in ops.ELEMENT_TYPES:
+        raise KernelError(f"unknown dtype {dtype!r}: choose one of {', '.join(ops.ELEMENT_TYPES)}")
     if activation not in ACTIVATION_IDS:
         raise KernelError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATION_IDS)}")
     cfg = _config(config, gated)
@@ -164,7 +162,7 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
         raise KernelError(f"config {cfg.label()} splits K: it is for the down projection (gated=False)")
     m = tokens if tokens is not None else (2048 if cfg.block_m >= 64 else 16)
     n, k = (d_ff, d) if gated else (d, d_ff)
-    elt = _TRITON_DTYPES[dtype]
+    elt = str(getattr(tl, dtype))  # Triton's name of the registry's type: fp32, fp16, bf16
     ptr = f"*{elt}"
     constants = _constexprs(cfg, gated=gated, biased=biased, activation=activation,
                             precision="tf32" if dtype == "float32" else "ieee", upcast=False)

@@ -6,11 +6,6 @@ the activation and the product in the epilogue and writes the intermediate H = a
 once, in the input's dtype. The second is a plain tiled GEMM, H @ W_down (+ B_down). Both are
 one kernel, :func:`_gemm_kernel`, specialised by the ``GATED`` constexpr.
 
-The kernels call only Triton builtins, none of ``triton.language.standard``'s own jitted
-helpers (``tl.sigmoid``, ``tl.cdiv``, ``tl.zeros``): those are decorated when ``triton`` is
-first imported, so in a process that imported it before ``TRITON_INTERPRET=1`` was set (the
-plugin's triton backend on CPU sets it late) they would not run under the interpreter.
-
 Under the Triton interpreter (``TRITON_INTERPRET=1``), bfloat16 arithmetic and ``tl.dot`` on
 bfloat16 operate on raw bits (triton issues #4972, #11584): the launcher then sets ``UPCAST``
 and the kernel converts loaded operands to float32 before any arithmetic. Compiled kernels
@@ -41,20 +36,17 @@ except ImportError:  # pragma: no cover - older Triton: TMA configs use the poin
 from onnxfuse import ops
 from onnxfuse.errors import KernelError
 from onnxfuse.kernels import interpreting, tuning
-from onnxfuse.kernels.configs import (
-    CANDIDATES,
-    KernelConfig,
-    default_configs,
-    interpreter_config,
-    shape_class,
-)
+from onnxfuse.kernels.configs import CANDIDATES, KernelConfig, interpreter_config, shape_class
+from onnxfuse.kernels.reference import TORCH_DTYPES
 
-__all__ = ["ACTIVATION_IDS", "KernelConfig", "choose_configs", "fused_gated_mlp", "interpreting"]
+__all__ = ["ACTIVATION_IDS", "KernelConfig", "fused_gated_mlp", "interpreting"]
 
-# Activation encoding shared with the kernel (a constexpr selects the epilogue).
-ACTIVATION_IDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
-PRECISIONS = ("tf32", "ieee")
-_DTYPES = {torch.float32, torch.float16, torch.bfloat16}
+_ACTIVATION = ops.FUSED_GATED_MLP.attribute("activation")
+ACTIVATION_IDS = {name: _ACTIVATION.code(name) for name in _ACTIVATION.values}
+"""The registry's activation codes: the ``ACTIVATION`` constexpr that selects the epilogue."""
+_SILU: tl.constexpr = tl.constexpr(ACTIVATION_IDS["silu"])
+_GELU: tl.constexpr = tl.constexpr(ACTIVATION_IDS["gelu"])
+_GELU_TANH: tl.constexpr = tl.constexpr(ACTIVATION_IDS["gelu_tanh"])
 
 
 def _autotune(autotune: bool | None, x: torch.Tensor) -> bool:
@@ -78,10 +70,6 @@ def _device_label(cuda_index: int | None, interpreted: bool) -> str:
     return f"{where}{' interpreter' if interpreted else ''}, triton {triton.__version__}"
 
 
-# (gate/up config, down config) for a number of rows on a GPU without tuning.
-choose_configs = default_configs
-
-
 def _constexprs(config: KernelConfig, *, gated: bool, biased: bool, activation: str,
                 precision: str, upcast: bool) -> dict[str, object]:
     """The compile-time arguments both GEMM kernels take for one launch (``SPLIT_K`` apart,
@@ -94,21 +82,22 @@ def _constexprs(config: KernelConfig, *, gated: bool, biased: bool, activation: 
 
 @triton.jit
 def _activation(g, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 0:  # silu
-        return g / (1.0 + tl.exp(-g))
-    elif ACTIVATION == 1:  # gelu (erf)
+    if ACTIVATION == _SILU:
+        return g * tl.sigmoid(g)
+    elif ACTIVATION == _GELU:  # erf
         return 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
-    else:  # gelu_tanh; tanh(z) = 2 * sigmoid(2z) - 1
+    else:
+        tl.static_assert(ACTIVATION == _GELU_TANH)
         z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        return 0.5 * g * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0))
+        return 0.5 * g * (1.0 + (2.0 * tl.sigmoid(2.0 * z) - 1.0))  # tanh(z) = 2 sigmoid(2z) - 1
 
 
 @triton.jit
 def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(row tile, column tile) of program ``pid``, grouped: GROUP_M row tiles in a row share
     their B tiles in L2."""
-    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
-    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_in_group = GROUP_M * num_pid_n
     group_id = pid // num_pid_in_group
     first_pid_m = group_id * GROUP_M
@@ -156,7 +145,7 @@ def _gemm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # This program's slice of K, in whole BLOCK_K steps.
-    k_per_split = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K * BLOCK_K
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
     k_start = pid_k * k_per_split
     k_end = min(K, k_start + k_per_split)
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -166,8 +155,8 @@ def _gemm_kernel(
     b1_ptrs = b1_ptr + offs_k[:, None] * stride_b1k + offs_n[None, :] * stride_b1n
     b2_ptrs = b2_ptr + offs_k[:, None] * stride_b2k + offs_n[None, :] * stride_b2n
 
-    acc1 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
-    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         mask_k = (k0 - k_start + offs_k) < k_end
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
@@ -207,8 +196,8 @@ def _gemm_tma_kernel(
     pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
-    acc1 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
-    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a = a_desc.load([off_m, k0])
         b1 = b1_desc.load([k0, off_n])
@@ -240,7 +229,7 @@ def _reduce_kernel(
     mask = offs < M * N
     m = offs // N
     n = offs % N
-    acc = tl.full((BLOCK,), 0.0, dtype=tl.float32)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for s in range(SPLIT_K):
         acc += tl.load(partial_ptr + s * stride_ps + m * stride_pm + n, mask=mask, other=0.0)
     if HAS_BIAS:
@@ -253,10 +242,10 @@ def _validate(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down:
               out: torch.Tensor | None) -> tuple[int, int]:
     if activation not in ACTIVATION_IDS:
         raise KernelError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATION_IDS)}")
-    if precision not in PRECISIONS:
-        raise KernelError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if x.dtype not in _DTYPES:
-        raise KernelError(f"X has dtype {x.dtype}: the op takes float32, float16 or bfloat16")
+    if precision not in ops.PRECISIONS:
+        raise KernelError(f"unknown precision {precision!r}: choose one of {', '.join(ops.PRECISIONS)}")
+    if x.dtype not in TORCH_DTYPES.values():
+        raise KernelError(f"X has dtype {x.dtype}: the op takes {', '.join(TORCH_DTYPES)}")
     if x.dim() < 1:
         raise KernelError("X must have at least one dimension [..., d]")
     for name, w in (("W_gate", w_gate), ("W_up", w_up), ("W_down", w_down)):
@@ -391,7 +380,7 @@ def fused_gated_mlp(
             the fastest (:mod:`onnxfuse.kernels.tuning`). Default: on for CUDA tensors unless
             ``$ONNXFUSE_AUTOTUNE=0``; off under the interpreter, which then uses fixed tiles
             for its speed (:func:`interpreter_config`). Off on a GPU: each class's first
-            candidate (:func:`choose_configs`).
+            candidate (:func:`onnxfuse.kernels.configs.default_configs`).
 
     Raises:
         KernelError: a shape, dtype, device, activation or precision that does not fit.

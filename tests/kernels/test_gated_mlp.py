@@ -225,3 +225,16 @@ def test_every_operand_may_be_a_strided_view(dtype_name: str, x_layout: str,
     gate_up, down = launched
     for arg, w in ((gate_up[1], views["w_gate"]), (gate_up[2], views["w_up"]), (down[1], views["w_down"])):
         assert arg is w, "a weight was copied or re-laid out before the launch"
+
+
+def test_activation_codes_and_dtypes_come_from_the_registry() -> None:
+    from onnxfuse import ops
+    from onnxfuse.kernels.gated_mlp import ACTIVATION_IDS
+    from onnxfuse.kernels.reference import TORCH_DTYPES, torch_dtype
+
+    activation = ops.FUSED_GATED_MLP.attribute("activation")
+    assert ACTIVATION_IDS == {name: activation.code(name) for name in activation.values}
+    assert list(TORCH_DTYPES) == list(ops.ELEMENT_TYPES)
+    assert torch_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(KernelError, match="element type 'float64'.*float32, float16, bfloat16"):
+        torch_dtype("float64")

@@ -233,8 +233,8 @@ def test_activation_codes_and_dtypes_come_from_the_registry() -> None:
     from onnxfuse.kernels.reference import TORCH_DTYPES, torch_dtype
 
     activation = ops.FUSED_GATED_MLP.attribute("activation")
-    assert ACTIVATION_IDS == {name: activation.code(name) for name in activation.values}
+    assert {name: activation.code(name) for name in activation.values} == ACTIVATION_IDS
     assert list(TORCH_DTYPES) == list(ops.ELEMENT_TYPES)
     assert torch_dtype("bfloat16") is torch.bfloat16
-    with pytest.raises(KernelError, match="element type 'float64'.*float32, float16, bfloat16"):
+    with pytest.raises(KernelError, match=r"element type 'float64'.*float32, float16, bfloat16"):
         torch_dtype("float64")

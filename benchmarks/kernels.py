@@ -166,9 +166,9 @@ def _bench(shapes: list[tuple[str, int, int, int]], dtypes: tuple[str, ...] = DT
     import torch
     import triton
 
-    from onnxfuse.kernels import tuning
-    from onnxfuse.kernels.gated_mlp import fused_gated_mlp
-    from onnxfuse.kernels.reference import fused_gated_mlp_reference
+    from onnxfuse.kernels.triton import tuning
+    from onnxfuse.kernels.triton.gated_mlp import fused_gated_mlp
+    from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 
     if dry_run:
         device, gpu = "cpu", "cpu (dry run)"

@@ -5,7 +5,7 @@ The native library (:mod:`onnxfuse.kernels.ortlib`) exports ``onnxfuse_set_trito
 thread calls it (ORT's Python binding releases the GIL during ``run``), so no Python headers
 are needed. The callback receives ORT's own buffers as raw pointers plus shapes, wraps them as
 torch tensors without copying (CPU: ``torch.frombuffer``; CUDA: ``__cuda_array_interface__``),
-launches :func:`onnxfuse.kernels.gated_mlp.fused_gated_mlp` writing straight into ORT's output
+launches :func:`onnxfuse.kernels.triton.gated_mlp.fused_gated_mlp` writing straight into ORT's output
 buffer (on CUDA, on ORT's compute stream) and returns 0. An exception becomes a non-zero
 return plus its message, which the library turns into an ORT error: that ``run`` raises, the
 process and the session survive.
@@ -58,7 +58,7 @@ _state: dict[str, Any] = {"lib": None, "callback": None, "kernel": None, "calls"
 
 
 def _triton_kernel(*args: Any, **kwargs: Any) -> None:
-    from onnxfuse.kernels.gated_mlp import fused_gated_mlp
+    from onnxfuse.kernels.triton.gated_mlp import fused_gated_mlp
 
     fused_gated_mlp(*args, **kwargs)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels.gated_mlp import fused_gated_mlp
-from onnxfuse.kernels.reference import fused_gated_mlp_reference
+from onnxfuse.kernels.triton.gated_mlp import fused_gated_mlp
+from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from tests.conftest import has_cuda
 
@@ -126,7 +126,7 @@ def test_bad_inputs_raise_kernel_errors_naming_the_value(change: dict[str, objec
 @pytest.mark.parametrize("split_k", [2, 3, 8])
 @pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
 def test_split_k_down_projection_matches_and_is_deterministic(dtype_name: str, split_k: int) -> None:
-    from onnxfuse.kernels.configs import INTERPRETER_CONFIG
+    from onnxfuse.kernels.triton.configs import INTERPRETER_CONFIG
 
     down = __import__("dataclasses").replace(INTERPRETER_CONFIG, split_k=split_k)
     rng = np.random.default_rng(split_k)
@@ -148,7 +148,7 @@ def test_split_k_down_projection_matches_and_is_deterministic(dtype_name: str, s
 def test_wide_interpreter_tiles_match_the_reference(rows: int) -> None:
     """Dims from 512 up use 128-wide tiles under the interpreter (16 rows for few tokens):
     partial tiles in every direction, and the output poisoned first."""
-    from onnxfuse.kernels.configs import interpreter_config
+    from onnxfuse.kernels.triton.configs import interpreter_config
 
     assert interpreter_config(rows, 600, 520).block_k == 128
     assert interpreter_config(rows, 600, 520).block_m == (16 if rows <= 16 else 32)
@@ -183,7 +183,7 @@ def test_every_operand_may_be_a_strided_view(dtype_name: str, x_layout: str,
     """All seven operands and the output passed as non-contiguous views (transposed, slices
     with gaps, a stride-0 leading dim of X) give the float64 reference's result, and the
     weights reach the kernel as they are (their own memory and strides, no per-call copy)."""
-    from onnxfuse.kernels import gated_mlp
+    from onnxfuse.kernels.triton import gated_mlp
 
     dtype = DTYPES[dtype_name]
     d, d_ff = 13, 37
@@ -229,8 +229,8 @@ def test_every_operand_may_be_a_strided_view(dtype_name: str, x_layout: str,
 
 def test_activation_codes_and_dtypes_come_from_the_registry() -> None:
     from onnxfuse import ops
-    from onnxfuse.kernels.gated_mlp import ACTIVATION_IDS
-    from onnxfuse.kernels.reference import TORCH_DTYPES, torch_dtype
+    from onnxfuse.kernels.triton.gated_mlp import ACTIVATION_IDS
+    from onnxfuse.kernels.triton.reference import TORCH_DTYPES, torch_dtype
 
     activation = ops.FUSED_GATED_MLP.attribute("activation")
     assert {name: activation.code(name) for name in activation.values} == ACTIVATION_IDS

@@ -15,7 +15,7 @@ from onnx import TensorProto
 
 from onnxfuse.errors import KernelError, UnsupportedError
 from onnxfuse.kernels import bridge, ortlib
-from onnxfuse.kernels.reference import fused_gated_mlp_reference
+from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
 from tests.kernels.plugin_models import fused_pair, op_model, run_model, run_op

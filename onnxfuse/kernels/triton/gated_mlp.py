@@ -13,8 +13,8 @@ keep bfloat16 operands for the tensor cores.
 
 Decode sizes (at most 64 rows) use narrow-M tiles and split the down projection's K across
 programs, reduced in a fixed order by :func:`_reduce_kernel` (deterministic, no atomics).
-On a GPU each launch's tiles are autotuned per shape class (:mod:`onnxfuse.kernels.tuning`,
-candidates in :mod:`onnxfuse.kernels.configs`); the interpreter uses fixed tiles. Not yet:
+On a GPU each launch's tiles are autotuned per shape class (:mod:`onnxfuse.kernels.triton.tuning`,
+candidates in :mod:`onnxfuse.kernels.triton.configs`); the interpreter uses fixed tiles. Not yet:
 the candidates have not been timed on a GPU; none was available when this was written
 (see benchmarks/NOTES.md).
 """
@@ -35,9 +35,15 @@ except ImportError:  # pragma: no cover - older Triton: TMA configs use the poin
 
 from onnxfuse import ops
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels import interpreting, tuning
-from onnxfuse.kernels.configs import CANDIDATES, KernelConfig, interpreter_config, shape_class
-from onnxfuse.kernels.reference import TORCH_DTYPES
+from onnxfuse.kernels import interpreting
+from onnxfuse.kernels.triton import tuning
+from onnxfuse.kernels.triton.configs import (
+    CANDIDATES,
+    KernelConfig,
+    interpreter_config,
+    shape_class,
+)
+from onnxfuse.kernels.triton.reference import TORCH_DTYPES
 
 __all__ = ["ACTIVATION_IDS", "KernelConfig", "fused_gated_mlp", "interpreting"]
 
@@ -377,10 +383,10 @@ def fused_gated_mlp(
         config, down_config: tile sizes of the gate/up and down launches (``config`` alone
             serves both); given, they are used as they are.
         autotune: time the shape class's candidate configs once per shape bucket and use
-            the fastest (:mod:`onnxfuse.kernels.tuning`). Default: on for CUDA tensors unless
+            the fastest (:mod:`onnxfuse.kernels.triton.tuning`). Default: on for CUDA tensors unless
             ``$ONNXFUSE_AUTOTUNE=0``; off under the interpreter, which then uses fixed tiles
             for its speed (:func:`interpreter_config`). Off on a GPU: each class's first
-            candidate (:func:`onnxfuse.kernels.configs.default_configs`).
+            candidate (:func:`onnxfuse.kernels.triton.configs.default_configs`).
 
     Raises:
         KernelError: a shape, dtype, device, activation or precision that does not fit.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from onnxfuse import ops
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels.configs import CANDIDATES, KernelConfig
+from onnxfuse.kernels.triton.configs import CANDIDATES, KernelConfig
 
 __all__ = ["CompiledKernel", "compile_gated_mlp", "specialisation"]
 
@@ -144,7 +144,7 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from onnxfuse.kernels.gated_mlp import (
+    from onnxfuse.kernels.triton.gated_mlp import (
         ACTIVATION_IDS,
         _constexprs,
         _gemm_kernel,

@@ -166,9 +166,9 @@ def _bench(shapes: list[tuple[str, int, int, int]], dtypes: tuple[str, ...] = DT
     import torch
     import triton
 
-    from onnxfuse.kernels import tuning
-    from onnxfuse.kernels.gated_mlp import fused_gated_mlp
-    from onnxfuse.kernels.reference import fused_gated_mlp_reference
+    from onnxfuse.kernels.triton import tuning
+    from onnxfuse.kernels.triton.gated_mlp import fused_gated_mlp
+    from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 
     if dry_run:
         device, gpu = "cpu", "cpu (dry run)"
@@ -273,13 +273,14 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="test this script on CPU: tiny shapes, interpreter, wall clock, made-up ceilings")
     args = parser.parse_args()
+    if args.dry_run:  # the interpreter is chosen before anything imports Triton
+        os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
     def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         _write(args.json, rows, meta)
 
     if args.dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"
         rows, meta = _bench(DRY_RUN_SHAPES, dry_run=True, report=report)
     elif not torch.cuda.is_available():
         return _smoke()

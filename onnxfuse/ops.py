@@ -158,7 +158,7 @@ FUSED_GATED_MLP = OpSpec(
     outputs=("Y",),
     attributes=(Attribute("activation", ("silu", "gelu", "gelu_tanh"), "silu"),),
     formula="{activation}(X @ W_gate[ + B_gate]) * (X @ W_up[ + B_up]) @ W_down[ + B_down]",
-    kernel="onnxfuse.kernels.gated_mlp:fused_gated_mlp",
+    kernel="onnxfuse.kernels.triton.gated_mlp:fused_gated_mlp",
 )
 """``Y = (act(X @ W_gate + B_gate) * (X @ W_up + B_up)) @ W_down + B_down``; weights in ONNX
 MatMul layout [K, N]; the three biases are given all together or not at all."""

@@ -1,9 +1,11 @@
-"""Kernels: the torch reference of FusedGatedMLP, its Triton kernels, ahead-of-time builds,
-and the native ONNX Runtime plugin (:mod:`ortlib`) with its Python bridge (:mod:`bridge`).
+"""Kernels: the torch reference of FusedGatedMLP, its Triton kernels, tuning and ahead-of-time
+builds (:mod:`.triton`), and the native ONNX Runtime plugin (:mod:`.ortlib`, C++ in ``ort/``)
+with its Python bridge (:mod:`.bridge`).
 
-The Triton kernels are imported lazily: whether Triton compiles or interprets them is fixed
-when they are first imported (``TRITON_INTERPRET``), and the plugin's triton backend on CPU
-must be able to choose the interpreter before that.
+The Triton kernels are imported lazily (importing this package costs neither torch nor
+Triton). Whether Triton compiles or interprets them (``TRITON_INTERPRET``) is decided once,
+when the process starts (the test suite's conftest, the ``onnxfuse`` CLI, or the user's
+environment); library code only reads it, through :func:`interpreting`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any
 
 __all__ = ["KernelConfig", "activate", "fused_gated_mlp", "fused_gated_mlp_reference", "interpreting"]
 
-_LAZY = {"KernelConfig": "configs", "fused_gated_mlp": "gated_mlp",
-         "activate": "reference", "fused_gated_mlp_reference": "reference"}
+_LAZY = {"KernelConfig": "triton.configs", "fused_gated_mlp": "triton.gated_mlp",
+         "activate": "triton.reference", "fused_gated_mlp_reference": "triton.reference"}
 
 
 def interpreting() -> bool:

@@ -12,8 +12,9 @@ into ORT's output buffer (on CUDA, on ORT's compute stream), then returns 0. An 
 a non-zero return plus its message, which the library turns into an ORT error: that ``run``
 raises, the process and the session survive.
 
-On CPU the Triton kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``, set before
-the kernels are first imported): for verification at small sizes, not speed.
+On CPU the Triton kernel runs under Triton's interpreter, for verification at small sizes, not
+speed: the process must start with ``TRITON_INTERPRET=1`` (the CLI sets it at entry when a command
+runs Triton on CPU; library code only checks it, see :func:`onnxfuse.kernels.interpreting`).
 """
 
 from __future__ import annotations

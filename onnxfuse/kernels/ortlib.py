@@ -21,7 +21,6 @@ body, ran). Settings are session config entries that ``RegisterCustomOps`` reads
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from onnxfuse.kernels._ortbuild import LIBRARY_NAME
 
 __all__ = ["LIBRARY_NAME", "build", "library_path", "session_options"]
 
-log = logging.getLogger(__name__)
 CPU_KERNELS = ("off", "matmul", "naive")
 BACKENDS = ("default", "triton")
 DEVICES = _abi.DEVICES
@@ -97,18 +95,20 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
 
 
 def _prepare_triton(device: str) -> None:
-    """Install the bridge; on CPU make sure the Triton kernels will run under the interpreter."""
-    import sys
+    """Install the bridge. On CPU the Triton kernels run under Triton's interpreter, a mode
+    chosen once, when the process starts (``TRITON_INTERPRET=1``; Triton binds its own jitted
+    helpers when it is imported): library code never sets it.
 
+    Raises:
+        UnsupportedError: ``device`` is ``cpu`` and the process does not interpret Triton.
+    """
     from onnxfuse.kernels import bridge, interpreting
 
     if device == "cpu" and not interpreting():
-        if "onnxfuse.kernels.gated_mlp" in sys.modules:
-            raise KernelError("the triton backend on CPU runs the Triton interpreter, but the kernels were "
-                              "already compiled for a GPU in this process: set TRITON_INTERPRET=1 before "
-                              "onnxfuse imports them, or use --device cuda")
-        os.environ["TRITON_INTERPRET"] = "1"
-        log.info("triton backend on CPU: running the Triton kernels under the interpreter")
+        raise UnsupportedError(
+            "the triton backend on device cpu runs the Triton kernels under Triton's interpreter, "
+            "and TRITON_INTERPRET is not set: set TRITON_INTERPRET=1 before Python starts, or run "
+            "the `onnxfuse` CLI (which sets it), or use --device cuda")
     bridge.install()
 
 

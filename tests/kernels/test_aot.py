@@ -13,12 +13,12 @@ import sys
 
 import pytest
 
-from onnxfuse.kernels.configs import CANDIDATES
+from onnxfuse.kernels.triton.configs import CANDIDATES
 
 _SCRIPT = """
 import dataclasses, json, sys
-from onnxfuse.kernels.aot import compile_gated_mlp
-from onnxfuse.kernels.configs import CANDIDATES
+from onnxfuse.kernels.triton.aot import compile_gated_mlp
+from onnxfuse.kernels.triton.configs import CANDIDATES
 
 cap, scope = int(sys.argv[1]), sys.argv[2]
 jobs = []
@@ -99,7 +99,7 @@ def test_every_candidate_compiles_for_cuda_targets_without_a_gpu(capability: int
 
 def test_specialisation_follows_tritons_jit() -> None:
     """Integers as Triton's JIT specialises them: 1 a constant, multiples of 16 hinted."""
-    from onnxfuse.kernels.aot import specialisation
+    from onnxfuse.kernels.triton.aot import specialisation
 
     values = [0, 1, 2, 16, 17, 32, 11008, 2**31]
     signature, constexprs, attrs = specialisation({f"v{i}": v for i, v in enumerate(values)})
@@ -120,7 +120,7 @@ def test_specialisation_follows_tritons_jit() -> None:
 def test_aot_refuses_interpreter_mode() -> None:
     from onnxfuse.errors import KernelError
     from onnxfuse.kernels import interpreting
-    from onnxfuse.kernels.aot import compile_gated_mlp
+    from onnxfuse.kernels.triton.aot import compile_gated_mlp
 
     if not interpreting():
         pytest.skip("only meaningful in interpreter mode")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels.gated_mlp import fused_gated_mlp
-from onnxfuse.kernels.reference import fused_gated_mlp_reference
+from onnxfuse.kernels.triton.gated_mlp import fused_gated_mlp
+from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from tests.conftest import has_cuda
 
@@ -126,7 +126,7 @@ def test_bad_inputs_raise_kernel_errors_naming_the_value(change: dict[str, objec
 @pytest.mark.parametrize("split_k", [2, 3, 8])
 @pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
 def test_split_k_down_projection_matches_and_is_deterministic(dtype_name: str, split_k: int) -> None:
-    from onnxfuse.kernels.configs import INTERPRETER_CONFIG
+    from onnxfuse.kernels.triton.configs import INTERPRETER_CONFIG
 
     down = __import__("dataclasses").replace(INTERPRETER_CONFIG, split_k=split_k)
     rng = np.random.default_rng(split_k)
@@ -148,7 +148,7 @@ def test_split_k_down_projection_matches_and_is_deterministic(dtype_name: str, s
 def test_wide_interpreter_tiles_match_the_reference(rows: int) -> None:
     """Dims from 512 up use 128-wide tiles under the interpreter (16 rows for few tokens):
     partial tiles in every direction, and the output poisoned first."""
-    from onnxfuse.kernels.configs import interpreter_config
+    from onnxfuse.kernels.triton.configs import interpreter_config
 
     assert interpreter_config(rows, 600, 520).block_k == 128
     assert interpreter_config(rows, 600, 520).block_m == (16 if rows <= 16 else 32)
@@ -160,3 +160,81 @@ def test_wide_interpreter_tiles_match_the_reference(rows: int) -> None:
     ref = fused_gated_mlp_reference(x.cpu(), *(t.cpu() for t in w), compute_dtype=torch.float64)
     c = compare("y", y.cpu().numpy(), ref.numpy(), limit=tolerance("float32"))
     assert c.passed, c.detail
+
+
+def _strided(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t``'s values in a non-contiguous view: ``transposed`` (a transposed copy's ``.t()``,
+    or the last two dims swapped), ``gaps`` (every other element of the last dim and rows
+    spaced wider than they are long) or ``expanded`` (a stride-0 leading dim of 1 row, for X)."""
+    if layout == "transposed":
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "gaps":
+        big = torch.full((*t.shape[:-1], t.shape[-1] * 2 + 3), float("nan"), dtype=t.dtype, device=t.device)
+        big[..., 1:2 * t.shape[-1] + 1:2] = t
+        return big[..., 1:2 * t.shape[-1] + 1:2]
+    assert layout == "expanded" and t.shape[0] == 1
+    return t[0].expand(*t.shape)
+
+
+@pytest.mark.parametrize("x_layout", ["transposed", "gaps", "expanded"])
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+def test_every_operand_may_be_a_strided_view(dtype_name: str, x_layout: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """All seven operands and the output passed as non-contiguous views (transposed, slices
+    with gaps, a stride-0 leading dim of X) give the float64 reference's result, and the
+    weights reach the kernel as they are (their own memory and strides, no per-call copy)."""
+    from onnxfuse.kernels.triton import gated_mlp
+
+    dtype = DTYPES[dtype_name]
+    d, d_ff = 13, 37
+    gen = torch.Generator().manual_seed(len(dtype_name) + len(x_layout))
+
+    def t(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(DEVICE)
+
+    x = t(1 if x_layout == "expanded" else 3, 5, d)
+    if x_layout == "expanded":
+        x = x.expand(3, 5, d)
+    plain = dict(x=x.contiguous(), w_gate=t(d, d_ff, scale=d**-0.5), w_up=t(d, d_ff, scale=d**-0.5),
+                 w_down=t(d_ff, d, scale=d_ff**-0.5), b_gate=t(d_ff, scale=0.1), b_up=t(d_ff, scale=0.1),
+                 b_down=t(d, scale=0.1), activation="gelu_tanh")
+    views = dict(plain, x=_strided(x[:1] if x_layout == "expanded" else x, x_layout).expand(x.shape),
+                 w_gate=_strided(plain["w_gate"], "transposed"), w_up=_strided(plain["w_up"], "gaps"),  # type: ignore[arg-type]
+                 w_down=_strided(_strided(plain["w_down"], "gaps"), "transposed"),  # type: ignore[arg-type]
+                 b_gate=_strided(plain["b_gate"], "gaps"), b_up=_strided(plain["b_up"], "gaps"),  # type: ignore[arg-type]
+                 b_down=_strided(plain["b_down"], "gaps"))  # type: ignore[arg-type]
+    for name, view in views.items():
+        if isinstance(view, torch.Tensor):
+            assert not view.is_contiguous() and torch.equal(view, plain[name]), name  # type: ignore[arg-type]
+    launched: list[tuple[object, ...]] = []
+    real = gated_mlp._gemm_kernel
+
+    class Spy:
+        def __getitem__(self, grid: object) -> object:
+            def launch(*args: object, **kw: object) -> object:
+                launched.append(args)
+                return real[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(gated_mlp, "_gemm_kernel", Spy())
+    out = _strided(torch.full(x.shape, float("nan"), dtype=dtype, device=DEVICE), "gaps")
+    y = _run(views, out=out)
+    assert y is out and not torch.isnan(out).any()
+    c = compare("y", y.float().cpu().numpy(), _reference(plain).numpy(), limit=_limit(dtype_name))
+    assert c.passed, c.detail
+    gate_up, down = launched
+    for arg, w in ((gate_up[1], views["w_gate"]), (gate_up[2], views["w_up"]), (down[1], views["w_down"])):
+        assert arg is w, "a weight was copied or re-laid out before the launch"
+
+
+def test_activation_codes_and_dtypes_come_from_the_registry() -> None:
+    from onnxfuse import ops
+    from onnxfuse.kernels.triton.gated_mlp import ACTIVATION_IDS
+    from onnxfuse.kernels.triton.reference import TORCH_DTYPES, torch_dtype
+
+    activation = ops.FUSED_GATED_MLP.attribute("activation")
+    assert {name: activation.code(name) for name in activation.values} == ACTIVATION_IDS
+    assert list(TORCH_DTYPES) == list(ops.ELEMENT_TYPES)
+    assert torch_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(KernelError, match=r"element type 'float64'.*float32, float16, bfloat16"):
+        torch_dtype("float64")

@@ -102,7 +102,7 @@ def test_the_gpu_code_path_runs_end_to_end_as_a_dry_run(tmp_path: Path) -> None:
 def test_a_failing_implementation_is_a_row_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """One implementation raising must not cost the others' figures; each shape is reported
     as soon as it is measured."""
-    from onnxfuse.kernels import gated_mlp
+    from onnxfuse.kernels.triton import gated_mlp
 
     bench = _module()
     real = gated_mlp.fused_gated_mlp

@@ -18,7 +18,7 @@ from onnx import TensorProto
 from onnxfuse import ops
 from onnxfuse.errors import UnsupportedError, UserError
 from onnxfuse.kernels import _abi, _loader, bridge, ortlib
-from onnxfuse.kernels.reference import fused_gated_mlp_reference
+from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
 from tests.kernels.plugin_models import fused_pair, op_model, run_model, run_op
@@ -84,7 +84,8 @@ def test_cli_triton_backend_on_cpu_needs_no_environment_set_up(tiny_mlp: tuple[P
     proc = run_cli(["parity", str(src), str(fused), "--backend", "triton", "--batch", "1", "--seq", "3"], env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "parity: passed" in proc.stdout
-    # triton imported first (its standard library decorated for compilation), then the backend
+    # A library user chooses the interpreter when the process starts; triton imported first
+    # (as torch does) then changes nothing: its own jitted helpers (tl.sigmoid) run interpreted.
     script = (
         "import triton, numpy as np, onnxfuse\n"
         f"s = onnxfuse.session({str(fused)!r}, backend='triton')\n"
@@ -92,8 +93,22 @@ def test_cli_triton_backend_on_cpu_needs_no_environment_set_up(tiny_mlp: tuple[P
         "x = {s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)}\n"
         "np.testing.assert_allclose(s.run(None, x)[0], p.run(None, x)[0], rtol=1e-4, atol=1e-5)\n"
         "print('ok')\n")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], env={**env, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_triton_backend_on_cpu_without_the_interpreter_says_how_to_choose_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Library code never sets TRITON_INTERPRET (Triton binds its helpers when imported): a
+    process that did not choose the interpreter at entry gets a user error naming the fixes."""
+    import os
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(UnsupportedError, match=r"set TRITON_INTERPRET=1 before Python starts.*`onnxfuse` "
+                                               r"CLI.*--device cuda"):
+        ortlib.session_options(backend="triton")
+    assert "TRITON_INTERPRET" not in os.environ
 
 
 def test_a_raising_python_kernel_is_an_ort_error_and_the_next_run_works(tiny_mlp: tuple[Path, Path]) -> None:

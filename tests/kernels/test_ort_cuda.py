@@ -47,7 +47,7 @@ def test_cuda_plugin_bf16_op_matches_the_reference() -> None:
     import onnxruntime as ort
     import torch
 
-    from onnxfuse.kernels.reference import fused_gated_mlp_reference
+    from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 
     model, arrays = op_model(TensorProto.BFLOAT16, 256, 704, "silu", False)
     sess = ort.InferenceSession(model.SerializeToString(), ortlib.session_options(device="cuda"),

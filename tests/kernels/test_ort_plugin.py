@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto
 
 from onnxfuse.kernels import bridge, ortlib
-from onnxfuse.kernels.reference import fused_gated_mlp_reference
+from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
 from tests.kernels.plugin_models import fused_pair, op_model, run_model, run_op

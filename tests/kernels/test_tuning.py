@@ -13,10 +13,10 @@ import torch
 from triton.runtime.errors import OutOfResources
 
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels import tuning
-from onnxfuse.kernels.configs import CANDIDATES, KernelConfig, default_configs, shape_class
-from onnxfuse.kernels.gated_mlp import fused_gated_mlp
-from onnxfuse.kernels.reference import fused_gated_mlp_reference
+from onnxfuse.kernels.triton import tuning
+from onnxfuse.kernels.triton.configs import CANDIDATES, KernelConfig, default_configs, shape_class
+from onnxfuse.kernels.triton.gated_mlp import fused_gated_mlp
+from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from tests.conftest import has_cuda
 
@@ -90,7 +90,7 @@ def test_ties_go_to_the_earlier_candidate() -> None:
 def test_failing_candidates_are_skipped_and_all_failing_is_a_kernel_error(caplog: pytest.LogCaptureFixture) -> None:
     timer = FakeTimer({A.label(): None, B.label(): 3.0})  # type: ignore[dict-item]
     tuner = tuning.Tuner(timer=timer)
-    with caplog.at_level(logging.WARNING, logger="onnxfuse.kernels.tuning"):
+    with caplog.at_level(logging.WARNING, logger="onnxfuse.kernels.triton.tuning"):
         assert tuner.choose(KEY, (A, B), timer.run) == B
     assert "out of resources" in str(tuner.timings[KEY][A.label()])
     assert f"candidate {A.label()} failed: RuntimeError: out of resources" in caplog.text, \
@@ -116,7 +116,7 @@ def test_the_cache_file_carries_choices_to_a_new_process(tmp_path: Path,
     assert tuning.Tuner(timer=again, cache_path=cache).choose(KEY, (A, C), again.run) == A
 
     cache.write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="onnxfuse.kernels.tuning"):
+    with caplog.at_level(logging.WARNING, logger="onnxfuse.kernels.triton.tuning"):
         assert tuning.Tuner(timer=again, cache_path=cache).choose(KEY, (A, B), again.run) == A
     assert "ignoring the autotune cache" in caplog.text
     assert json.loads(cache.read_text()) == {KEY.text(): A.label()}, "rewritten whole"
@@ -194,7 +194,7 @@ def test_every_gpu_candidate_computes_the_reference(cls_stage: tuple[str, str], 
     """Each candidate's tiles on a shape odd against every tile (partial tiles in M, N and K)
     but with 16-byte rows, so the TMA tiles really run TMA; the output poisoned first. The
     gate/up candidates drive both launches."""
-    from onnxfuse.kernels import gated_mlp
+    from onnxfuse.kernels.triton import gated_mlp
 
     spy = _Spy(gated_mlp._gemm_tma_kernel)
     monkeypatch.setattr(gated_mlp, "_gemm_tma_kernel", spy)
@@ -236,7 +236,7 @@ def test_tma_tiles_compute_the_reference_and_write_only_their_rows(
     """TMA configs on 16-byte aligned rows: partial tiles in every direction (out-of-bounds
     loads read zero), the output a slice of a larger buffer whose other rows stay untouched
     (out-of-bounds stores are dropped); biases; both launches through the TMA kernel."""
-    from onnxfuse.kernels import gated_mlp
+    from onnxfuse.kernels.triton import gated_mlp
 
     spy = _Spy(gated_mlp._gemm_tma_kernel)
     monkeypatch.setattr(gated_mlp, "_gemm_tma_kernel", spy)
@@ -260,7 +260,7 @@ def test_tma_tiles_compute_the_reference_and_write_only_their_rows(
 
 
 def test_tma_configs_fall_back_to_the_pointer_kernel_on_unaligned_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    from onnxfuse.kernels import gated_mlp
+    from onnxfuse.kernels.triton import gated_mlp
 
     spy = _Spy(gated_mlp._gemm_tma_kernel)
     monkeypatch.setattr(gated_mlp, "_gemm_tma_kernel", spy)

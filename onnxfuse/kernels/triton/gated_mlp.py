@@ -6,11 +6,6 @@ the activation and the product in the epilogue and writes the intermediate H = a
 once, in the input's dtype. The second is a plain tiled GEMM, H @ W_down (+ B_down). Both are
 one kernel, :func:`_gemm_kernel`, specialised by the ``GATED`` constexpr.
 
-The kernels call only Triton builtins, none of ``triton.language.standard``'s own jitted
-helpers (``tl.sigmoid``, ``tl.cdiv``, ``tl.zeros``): those are decorated when ``triton`` is
-first imported, so in a process that imported it before ``TRITON_INTERPRET=1`` was set (the
-plugin's triton backend on CPU sets it late) they would not run under the interpreter.
-
 Under the Triton interpreter (``TRITON_INTERPRET=1``), bfloat16 arithmetic and ``tl.dot`` on
 bfloat16 operate on raw bits (triton issues #4972, #11584): the launcher then sets ``UPCAST``
 and the kernel converts loaded operands to float32 before any arithmetic. Compiled kernels
@@ -18,8 +13,8 @@ keep bfloat16 operands for the tensor cores.
 
 Decode sizes (at most 64 rows) use narrow-M tiles and split the down projection's K across
 programs, reduced in a fixed order by :func:`_reduce_kernel` (deterministic, no atomics).
-On a GPU each launch's tiles are autotuned per shape class (:mod:`onnxfuse.kernels.tuning`,
-candidates in :mod:`onnxfuse.kernels.configs`); the interpreter uses fixed tiles. Not yet:
+On a GPU each launch's tiles are autotuned per shape class (:mod:`onnxfuse.kernels.triton.tuning`,
+candidates in :mod:`onnxfuse.kernels.triton.configs`); the interpreter uses fixed tiles. Not yet:
 the candidates have not been timed on a GPU; none was available when this was written
 (see benchmarks/NOTES.md).
 """
@@ -40,21 +35,24 @@ except ImportError:  # pragma: no cover - older Triton: TMA configs use the poin
 
 from onnxfuse import ops
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels import interpreting, tuning
-from onnxfuse.kernels.configs import (
+from onnxfuse.kernels import interpreting
+from onnxfuse.kernels.triton import tuning
+from onnxfuse.kernels.triton.configs import (
     CANDIDATES,
     KernelConfig,
-    default_configs,
     interpreter_config,
     shape_class,
 )
+from onnxfuse.kernels.triton.reference import TORCH_DTYPES
 
-__all__ = ["ACTIVATION_IDS", "KernelConfig", "choose_configs", "fused_gated_mlp", "interpreting"]
+__all__ = ["ACTIVATION_IDS", "KernelConfig", "fused_gated_mlp", "interpreting"]
 
-# Activation encoding shared with the kernel (a constexpr selects the epilogue).
-ACTIVATION_IDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
-PRECISIONS = ("tf32", "ieee")
-_DTYPES = {torch.float32, torch.float16, torch.bfloat16}
+_ACTIVATION = ops.FUSED_GATED_MLP.attribute("activation")
+ACTIVATION_IDS = {name: _ACTIVATION.code(name) for name in _ACTIVATION.values}
+"""The registry's activation codes: the ``ACTIVATION`` constexpr that selects the epilogue."""
+_SILU: tl.constexpr = tl.constexpr(ACTIVATION_IDS["silu"])
+_GELU: tl.constexpr = tl.constexpr(ACTIVATION_IDS["gelu"])
+_GELU_TANH: tl.constexpr = tl.constexpr(ACTIVATION_IDS["gelu_tanh"])
 
 
 def _autotune(autotune: bool | None, x: torch.Tensor) -> bool:
@@ -78,10 +76,6 @@ def _device_label(cuda_index: int | None, interpreted: bool) -> str:
     return f"{where}{' interpreter' if interpreted else ''}, triton {triton.__version__}"
 
 
-# (gate/up config, down config) for a number of rows on a GPU without tuning.
-choose_configs = default_configs
-
-
 def _constexprs(config: KernelConfig, *, gated: bool, biased: bool, activation: str,
                 precision: str, upcast: bool) -> dict[str, object]:
     """The compile-time arguments both GEMM kernels take for one launch (``SPLIT_K`` apart,
@@ -94,21 +88,22 @@ def _constexprs(config: KernelConfig, *, gated: bool, biased: bool, activation: 
 
 @triton.jit
 def _activation(g, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 0:  # silu
-        return g / (1.0 + tl.exp(-g))
-    elif ACTIVATION == 1:  # gelu (erf)
+    if ACTIVATION == _SILU:
+        return g * tl.sigmoid(g)
+    elif ACTIVATION == _GELU:  # erf
         return 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
-    else:  # gelu_tanh; tanh(z) = 2 * sigmoid(2z) - 1
+    else:
+        tl.static_assert(ACTIVATION == _GELU_TANH)
         z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        return 0.5 * g * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0))
+        return 0.5 * g * (1.0 + (2.0 * tl.sigmoid(2.0 * z) - 1.0))  # tanh(z) = 2 sigmoid(2z) - 1
 
 
 @triton.jit
 def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(row tile, column tile) of program ``pid``, grouped: GROUP_M row tiles in a row share
     their B tiles in L2."""
-    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
-    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_in_group = GROUP_M * num_pid_n
     group_id = pid // num_pid_in_group
     first_pid_m = group_id * GROUP_M
@@ -119,13 +114,13 @@ def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.c
 
 
 @triton.jit
-def _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, mask_n, GATED: tl.constexpr,
-              HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+def _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, stride_bias1, stride_bias2, offs_n, mask_n,
+              GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
     """acc1 (+ bias1), or act(acc1 + bias1) * (acc2 + bias2) if GATED; float32."""
     if HAS_BIAS:
-        acc1 += tl.load(bias1_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        acc1 += tl.load(bias1_ptr + offs_n * stride_bias1, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if GATED:
-            acc2 += tl.load(bias2_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            acc2 += tl.load(bias2_ptr + offs_n * stride_bias2, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if GATED:
         acc1 = _activation(acc1, ACTIVATION) * acc2
     return acc1
@@ -138,7 +133,8 @@ def _gemm_kernel(
     # sizes
     M, N, K,
     # strides
-    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_cs,
+    stride_am, stride_ak, stride_b1k, stride_b1n, stride_b2k, stride_b2n, stride_bias1, stride_bias2,
+    stride_cm, stride_cn, stride_cs,
     # constexprs
     GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -155,18 +151,18 @@ def _gemm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # This program's slice of K, in whole BLOCK_K steps.
-    k_per_split = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K * BLOCK_K
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
     k_start = pid_k * k_per_split
     k_end = min(K, k_start + k_per_split)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b1_ptrs = b1_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
-    b2_ptrs = b2_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+    b1_ptrs = b1_ptr + offs_k[:, None] * stride_b1k + offs_n[None, :] * stride_b1n
+    b2_ptrs = b2_ptr + offs_k[:, None] * stride_b2k + offs_n[None, :] * stride_b2n
 
-    acc1 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
-    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         mask_k = (k0 - k_start + offs_k) < k_end
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
@@ -180,12 +176,12 @@ def _gemm_kernel(
             if UPCAST:
                 b2 = b2.to(tl.float32)
             acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
-            b2_ptrs += BLOCK_K * stride_bk
+            b2_ptrs += BLOCK_K * stride_b2k
         a_ptrs += BLOCK_K * stride_ak
-        b1_ptrs += BLOCK_K * stride_bk
+        b1_ptrs += BLOCK_K * stride_b1k
 
-    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, mask_n, GATED,
-                     HAS_BIAS and SPLIT_K == 1, ACTIVATION)
+    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, stride_bias1, stride_bias2, offs_n, mask_n,
+                     GATED, HAS_BIAS and SPLIT_K == 1, ACTIVATION)
     c_ptrs = c_ptr + pid_k * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc1.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -194,6 +190,7 @@ def _gemm_kernel(
 def _gemm_tma_kernel(
     a_desc, b1_desc, b2_desc, bias1_ptr, bias2_ptr, c_desc,
     M, N, K,
+    stride_bias1, stride_bias2,
     GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -205,8 +202,8 @@ def _gemm_tma_kernel(
     pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
-    acc1 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
-    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a = a_desc.load([off_m, k0])
         b1 = b1_desc.load([k0, off_n])
@@ -220,7 +217,8 @@ def _gemm_tma_kernel(
                 b2 = b2.to(tl.float32)
             acc2 = tl.dot(a, b2, acc2, input_precision=PRECISION)
     offs_n = off_n + tl.arange(0, BLOCK_N)
-    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, offs_n, offs_n < N, GATED, HAS_BIAS, ACTIVATION)
+    acc1 = _epilogue(acc1, acc2, bias1_ptr, bias2_ptr, stride_bias1, stride_bias2, offs_n, offs_n < N,
+                     GATED, HAS_BIAS, ACTIVATION)
     c_desc.store([off_m, off_n], acc1.to(c_desc.dtype))
 
 
@@ -228,7 +226,7 @@ def _gemm_tma_kernel(
 def _reduce_kernel(
     partial_ptr, bias_ptr, c_ptr,
     M, N,
-    stride_ps, stride_pm, stride_cm, stride_cn,
+    stride_ps, stride_pm, stride_bias, stride_cm, stride_cn,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """C[m, n] = sum over s of partial[s, m, n] (+ bias[n]), summed in order s = 0, 1, ..."""
@@ -237,11 +235,11 @@ def _reduce_kernel(
     mask = offs < M * N
     m = offs // N
     n = offs % N
-    acc = tl.full((BLOCK,), 0.0, dtype=tl.float32)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for s in range(SPLIT_K):
         acc += tl.load(partial_ptr + s * stride_ps + m * stride_pm + n, mask=mask, other=0.0)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + n, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(bias_ptr + n * stride_bias, mask=mask, other=0.0).to(tl.float32)
     tl.store(c_ptr + m * stride_cm + n * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
@@ -250,10 +248,10 @@ def _validate(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down:
               out: torch.Tensor | None) -> tuple[int, int]:
     if activation not in ACTIVATION_IDS:
         raise KernelError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATION_IDS)}")
-    if precision not in PRECISIONS:
-        raise KernelError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if x.dtype not in _DTYPES:
-        raise KernelError(f"X has dtype {x.dtype}: the op takes float32, float16 or bfloat16")
+    if precision not in ops.PRECISIONS:
+        raise KernelError(f"unknown precision {precision!r}: choose one of {', '.join(ops.PRECISIONS)}")
+    if x.dtype not in TORCH_DTYPES.values():
+        raise KernelError(f"X has dtype {x.dtype}: the op takes {', '.join(TORCH_DTYPES)}")
     if x.dim() < 1:
         raise KernelError("X must have at least one dimension [..., d]")
     for name, w in (("W_gate", w_gate), ("W_up", w_up), ("W_down", w_down)):
@@ -285,10 +283,27 @@ def _validate(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down:
 
 def _tma_eligible(*tensors: torch.Tensor) -> bool:
     """Whether TMA can address these 2-D tensors: Triton has tensor descriptors, unit inner
-    strides, 16-byte aligned bases and row strides."""
+    strides, 16-byte aligned bases and non-zero row strides (transposed views, column gaps
+    and broadcast rows take the pointer kernel)."""
     return _TensorDescriptor is not None and all(
-        t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
-        and t.data_ptr() % 16 == 0 for t in tensors)
+        t.dim() == 2 and t.stride(1) == 1 and t.stride(0) > 0
+        and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _stride(t: torch.Tensor | None) -> int:
+    """A bias's element stride; 1 for an absent one, which the kernel does not read (1, as
+    for a contiguous bias, keeps the specialisation the AOT build compiles)."""
+    return 1 if t is None else t.stride(0)
+
+
+def _rows(y: torch.Tensor, m: int, d: int) -> tuple[torch.Tensor, bool]:
+    """The output ``y`` as ``[m, d]`` to launch on, and whether it must be copied into ``y``
+    afterwards: a view when its leading dims flatten (with any row and element strides), else
+    a fresh buffer."""
+    try:
+        return y.view(m, d), False
+    except RuntimeError:  # leading dims that no single row stride spans
+        return torch.empty((m, d), dtype=y.dtype, device=y.device), True
 
 
 def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: torch.Tensor | None,
@@ -309,7 +324,8 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
             _TensorDescriptor.from_tensor(a, [bm, bk]), b_desc,  # type: ignore[union-attr]
             _TensorDescriptor.from_tensor(b2, [bk, bn]) if b2 is not None else b_desc,  # type: ignore[union-attr]
             bias1 if bias1 is not None else b1, bias2 if bias2 is not None else b1,
-            _TensorDescriptor.from_tensor(c, [bm, bn]), M, N, K, **constexprs)  # type: ignore[union-attr]
+            _TensorDescriptor.from_tensor(c, [bm, bn]), M, N, K,  # type: ignore[union-attr]
+            _stride(bias1), _stride(bias2), **constexprs)
         return
     target = c if split_k == 1 else torch.empty((split_k, M, N), dtype=torch.float32, device=a.device)
     stride_cs = 0 if split_k == 1 else target.stride(0)
@@ -319,14 +335,16 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
         a, b1, b2 if b2 is not None else b1, bias1 if bias1 is not None else b1,
         bias2 if bias2 is not None else b1, target,
         M, N, K,
-        a.stride(0), a.stride(1), b1.stride(0), b1.stride(1), stride_cm, stride_cn, stride_cs,
+        a.stride(0), a.stride(1), b1.stride(0), b1.stride(1),
+        *(b2 if b2 is not None else b1).stride(), _stride(bias1), _stride(bias2),
+        stride_cm, stride_cn, stride_cs,
         SPLIT_K=split_k, **constexprs,
     )
     if split_k > 1:
         block = 1024
         _reduce_kernel[(triton.cdiv(M * N, block),)](
             target, bias1 if bias1 is not None else c, c, M, N,
-            target.stride(0), target.stride(1), c.stride(0), c.stride(1),
+            target.stride(0), target.stride(1), _stride(bias1), c.stride(0), c.stride(1),
             SPLIT_K=split_k, HAS_BIAS=bias1 is not None, BLOCK=block,
         )
 
@@ -356,13 +374,19 @@ def fused_gated_mlp(
         activation: ``silu``, ``gelu`` or ``gelu_tanh``.
         precision: for float32 inputs, ``tf32`` (tensor cores, default) or ``ieee``.
         out: optional output buffer (``x``'s shape and dtype), written in full.
+
+        Every operand and ``out`` may be any strided view (transposed, sliced with gaps,
+        broadcast): each reaches the kernels with its own strides, weights and biases without
+        a copy. X and ``out`` are seen as ``[rows, d]``: a view when their leading dims
+        flatten, else X is copied once (1/d_ff of the GEMMs' work) and the output goes
+        through a buffer copied into ``out``.
         config, down_config: tile sizes of the gate/up and down launches (``config`` alone
             serves both); given, they are used as they are.
         autotune: time the shape class's candidate configs once per shape bucket and use
-            the fastest (:mod:`onnxfuse.kernels.tuning`). Default: on for CUDA tensors unless
+            the fastest (:mod:`onnxfuse.kernels.triton.tuning`). Default: on for CUDA tensors unless
             ``$ONNXFUSE_AUTOTUNE=0``; off under the interpreter, which then uses fixed tiles
             for its speed (:func:`interpreter_config`). Off on a GPU: each class's first
-            candidate (:func:`choose_configs`).
+            candidate (:func:`onnxfuse.kernels.triton.configs.default_configs`).
 
     Raises:
         KernelError: a shape, dtype, device, activation or precision that does not fit.
@@ -376,7 +400,7 @@ def fused_gated_mlp(
     m = a.shape[0]
     tune = _autotune(autotune, x)
     h = torch.empty((m, d_ff), dtype=x.dtype, device=x.device)
-    y2 = y.view(-1, d) if y.is_contiguous() else torch.empty_like(a)
+    y2, copy_back = _rows(y, m, d)
     stages = (  # (stage, launch, n, k, explicit config)
         ("gate_up", functools.partial(_launch, a, w_gate, w_up, b_gate, b_up, h, gated=True,
                                       activation=activation, precision=precision), d_ff, d, config),
@@ -397,6 +421,6 @@ def fused_gated_mlp(
             launch(config=interpreter_config(m, n, k))
         else:
             launch(config=candidates[0])
-    if not y.is_contiguous():
+    if copy_back:
         y.copy_(y2.view(y.shape))
     return y

@@ -1,5 +1,6 @@
 """The pure torch reference of ``onnxfuse::FusedGatedMLP``: the oracle of every kernel test
-and the baseline of every benchmark.
+and the baseline of every benchmark; and the kernels' one map from the registry's element
+types to torch dtypes (:func:`torch_dtype`).
 
     Y = (act(X @ W_gate + B_gate) * (X @ W_up + B_up)) @ W_down + B_down
 """
@@ -11,8 +12,25 @@ import math
 import torch
 
 from onnxfuse import ops
+from onnxfuse.errors import KernelError
 
-__all__ = ["activate", "fused_gated_mlp_reference"]
+__all__ = ["TORCH_DTYPES", "activate", "fused_gated_mlp_reference", "torch_dtype"]
+
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in ops.ELEMENT_TYPES}
+"""The torch dtype of each element type a fused op takes (:data:`onnxfuse.ops.ELEMENT_TYPES`,
+whose names are torch's)."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of the registry's element type ``name`` (``float32``, ...).
+
+    Raises:
+        KernelError: ``name`` is not one of :data:`onnxfuse.ops.ELEMENT_TYPES`.
+    """
+    if name not in TORCH_DTYPES:
+        raise KernelError(f"element type {name!r} is not one the fused ops take: choose one of "
+                          f"{', '.join(TORCH_DTYPES)}")
+    return TORCH_DTYPES[name]
 
 
 def activate(g: torch.Tensor, activation: str) -> torch.Tensor:

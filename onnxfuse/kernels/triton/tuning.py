@@ -1,5 +1,5 @@
 """Autotuning of the gated-MLP launches: time each candidate config of the shape class
-(:data:`onnxfuse.kernels.configs.CANDIDATES`) on the real inputs once, keep the fastest.
+(:data:`onnxfuse.kernels.triton.configs.CANDIDATES`) on the real inputs once, keep the fastest.
 
 A choice is keyed by the device, Triton's version, the dtype, the precision, the launch
 (``gate_up`` or ``down``), N, K, biases, and the number of rows rounded up to a power of two
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from onnxfuse import fileio
 from onnxfuse.errors import KernelError, OutputError
-from onnxfuse.kernels.configs import KernelConfig
+from onnxfuse.kernels.triton.configs import KernelConfig
 
 __all__ = ["TuneKey", "Tuner", "set_tuner", "token_bucket", "tuner", "wall_quantiles"]
 

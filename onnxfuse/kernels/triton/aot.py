@@ -22,14 +22,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from onnxfuse import ops
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels.configs import CANDIDATES, KernelConfig
+from onnxfuse.kernels.triton.configs import CANDIDATES, KernelConfig
 
-__all__ = ["SHARED_MEMORY_LIMITS", "CompiledKernel", "compile_gated_mlp", "specialisation"]
-
-_TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-# Shared memory a block may use (opt-in maximum), bytes: A100 (sm_80) and H100 (sm_90).
-SHARED_MEMORY_LIMITS = {80: 163 * 1024, 90: 227 * 1024}
+__all__ = ["CompiledKernel", "compile_gated_mlp", "specialisation"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +140,11 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
             compiler's).
     """
     import triton
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from onnxfuse.kernels.gated_mlp import (
+    from onnxfuse.kernels.triton.gated_mlp import (
         ACTIVATION_IDS,
         _constexprs,
         _gemm_kernel,
@@ -155,8 +153,8 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
 
     if not isinstance(_gemm_kernel, triton.runtime.JITFunction):
         raise KernelError("ahead-of-time compilation needs compiled Triton: unset TRITON_INTERPRET")
-    if dtype not in _TRITON_DTYPES:
-        raise KernelError(f"unknown dtype {dtype!r}: choose one of {', '.join(_TRITON_DTYPES)}")
+    if dtype not in ops.ELEMENT_TYPES:
+        raise KernelError(f"unknown dtype {dtype!r}: choose one of {', '.join(ops.ELEMENT_TYPES)}")
     if activation not in ACTIVATION_IDS:
         raise KernelError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATION_IDS)}")
     cfg = _config(config, gated)
@@ -164,7 +162,7 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
         raise KernelError(f"config {cfg.label()} splits K: it is for the down projection (gated=False)")
     m = tokens if tokens is not None else (2048 if cfg.block_m >= 64 else 16)
     n, k = (d_ff, d) if gated else (d, d_ff)
-    elt = _TRITON_DTYPES[dtype]
+    elt = str(getattr(tl, dtype))  # Triton's name of the registry's type: fp32, fp16, bf16
     ptr = f"*{elt}"
     constants = _constexprs(cfg, gated=gated, biased=biased, activation=activation,
                             precision="tf32" if dtype == "float32" else "ieee", upcast=False)
@@ -174,13 +172,14 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
         args: dict[str, object] = dict(
             a_desc=f"tensordesc<{elt}[{bm}, {bk}]>", b1_desc=f"tensordesc<{elt}[{bk}, {bn}]>",
             b2_desc=f"tensordesc<{elt}[{bk}, {bn}]>", bias1_ptr=ptr, bias2_ptr=ptr,
-            c_desc=f"tensordesc<{elt}[{bm}, {bn}]>", M=m, N=n, K=k)
+            c_desc=f"tensordesc<{elt}[{bm}, {bn}]>", M=m, N=n, K=k, stride_bias1=1, stride_bias2=1)
     else:
         kernel_fn = _gemm_kernel
         out = ptr if cfg.split_k == 1 else "*fp32"  # split-K programs store float32 partials
         args = dict(
             a_ptr=ptr, b1_ptr=ptr, b2_ptr=ptr, bias1_ptr=ptr, bias2_ptr=ptr, c_ptr=out, M=m, N=n, K=k,
-            stride_am=k, stride_ak=1, stride_bk=n, stride_bn=1, stride_cm=n, stride_cn=1,
+            stride_am=k, stride_ak=1, stride_b1k=n, stride_b1n=1, stride_b2k=n, stride_b2n=1,
+            stride_bias1=1, stride_bias2=1, stride_cm=n, stride_cn=1,
             stride_cs=0 if cfg.split_k == 1 else m * n)
         constants["SPLIT_K"] = cfg.split_k
     args.update({name: ("constexpr", value) for name, value in constants.items()})

@@ -1,5 +1,5 @@
 """Tile configurations of the gated-MLP kernels: the interpreter's fixed ones and, for GPUs,
-a short candidate list per shape class that the autotuner (:mod:`onnxfuse.kernels.tuning`)
+a short candidate list per shape class that the autotuner (:mod:`onnxfuse.kernels.triton.tuning`)
 times on the device. Imports neither torch nor Triton.
 
 Every GPU candidate is compiled ahead of time for sm_80 and sm_90 by the test suite (with

@@ -24,7 +24,7 @@ from onnxfuse.errors import UnsupportedError
 from onnxfuse.graph_rewrites._family import Family, FusedNode, Fusion, NearMiss
 from onnxfuse.graph_rewrites.rules import DEFAULT_FAMILIES
 
-__all__ = ["FusePass", "FuseResult", "UnfusePass", "UnfuseResult", "fuse_model", "unfuse_model"]
+__all__ = ["FusePass", "FuseResult", "UnfusePass", "UnfuseResult", "fuse_model", "scan", "unfuse_model"]
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class FusePass(ir.passes.InPlacePass):
                     fused.append(_finish(model, family_of[spec], node, existing + len(fused)))
             _remove_left_dead(model.graph, used_before)
         stripped = _strip_function_value_info(model)
-        skipped = tuple(miss for family in self.families for miss in family.scan(model.graph))
+        skipped = tuple(scan(model.graph, self.families))
         return FuseResult(model, bool(count) or stripped, tuple(fused), skipped)
 
 
@@ -227,3 +227,8 @@ def unfuse_model(model: ir.Model) -> int:
     """Inline every fused node's function back into standard ops (:class:`UnfusePass`);
     return how many."""
     return cast(UnfuseResult, UnfusePass()(model)).unfused
+
+
+def scan(graph: ir.Graph, families: Sequence[Family] = DEFAULT_FAMILIES) -> list[NearMiss]:
+    """Every unfused candidate of every family in ``graph``, with the reason it was left alone."""
+    return [miss for family in families for miss in family.scan(graph)]

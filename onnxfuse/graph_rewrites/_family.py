@@ -9,6 +9,7 @@ at a node, how to finish a fresh fused node, which unfused candidates to report)
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
@@ -24,13 +25,27 @@ class Fusion(pattern.RewriteRuleClassBase):
     builds a new instance and keeps only the rule), so the pass can select fusions by their
     parameters before any matching."""
 
+    def __init__(self, name: str | None = None, remove_nodes: bool = True,
+                 as_function: bool = False) -> None:
+        super().__init__(name, remove_nodes, as_function)
+        self._per_thread = threading.local()
+
     def variants(self) -> list[pattern.RewriteRule]:
         """This fusion as onnxscript rules, one per operand order of its commutative ops
-        (what ``RewriteRuleSet(..., commute=True)`` would build), in onnxscript's order."""
-        rule = pattern.RewriteRule(
-            self.pattern, self.rewrite, self.check, name=self.name, remove_nodes=self.remove_nodes,
-            graph_pre_visitor=self.setup, graph_post_visitor=self.cleanup, as_function=self.as_function)
-        return list(rule.commute())
+        (what ``RewriteRuleSet(..., commute=True)`` builds), in onnxscript's order.
+
+        Built once per thread: commuting every gated-MLP form took 0.6 s, applying the
+        rules to a three-layer test MLP 3 ms. The rules' matchers keep per-match state, so
+        threads do not share them.
+        """
+        variants: list[pattern.RewriteRule] | None = getattr(self._per_thread, "variants", None)
+        if variants is None:
+            rule = pattern.RewriteRule(
+                self.pattern, self.rewrite, self.check, name=self.name, remove_nodes=self.remove_nodes,
+                graph_pre_visitor=self.setup, graph_post_visitor=self.cleanup,
+                as_function=self.as_function)
+            variants = self._per_thread.variants = list(rule.commute())
+        return variants
 
 
 @dataclasses.dataclass(frozen=True)

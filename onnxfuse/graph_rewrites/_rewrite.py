@@ -4,7 +4,6 @@ write the JSON report. The passes themselves (:mod:`._pass`) neither read nor wr
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxfuse.errors import InvalidModelError, RewriteError, first_line
-from onnxfuse.fileio import check_output, staged_outputs
+from onnxfuse.fileio import check_output, staged_outputs, write_report
 from onnxfuse.graph_rewrites._family import FusedNode, NearMiss
 from onnxfuse.graph_rewrites._pass import FusePass, FuseResult, UnfusePass, UnfuseResult
 from onnxfuse.modelfile import read_model
@@ -119,6 +118,5 @@ def rewrite(config: RewriteConfig) -> RewriteResult:
             raise RewriteError(f"cannot save the rewritten model: {e}") from e
     result = RewriteResult(src, out, fused, skipped, unfused, time.perf_counter() - start)
     if report is not None:
-        with staged_outputs(report) as stage:
-            (stage / report.name).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        write_report(report, result.as_dict())
     return result

@@ -7,8 +7,6 @@ import importlib.metadata
 import json
 from pathlib import Path
 
-import pytest
-
 import onnxfuse
 from onnxfuse.fileio import write_report
 from tests.conftest import run_cli
@@ -30,8 +28,6 @@ def test_a_report_leads_with_the_version(tmp_path: Path) -> None:
     assert text.endswith("}\n")
 
 
-@pytest.mark.xfail(strict=True, reason="graph_rewrites/_pass.py writes the rewrite report itself; "
-                                       "it must call onnxfuse.fileio.write_report (lead, at merge)")
 def test_the_rewrite_report_carries_the_version(tmp_path: Path) -> None:
     from onnxfuse.exporters import ExportConfig, export
 

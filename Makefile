@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 # The editable install builds the ORT plugin (setup.py): a change to its sources, or to the
 # fused-op registry it is compiled from (ops.py -> onnxfuse_ops.h), reinstalls.
-PLUGIN_SOURCES := setup.py onnxfuse/ops.py onnxfuse/kernels/_ortbuild.py \
+PLUGIN_SOURCES := setup.py onnxfuse/ops.py onnxfuse/kernels/ort/_build.py \
 	$(wildcard onnxfuse/kernels/ort/* onnxfuse/kernels/ort/ops/*)
 
 $(STAMP): pyproject.toml Makefile $(PLUGIN_SOURCES)

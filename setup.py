@@ -1,10 +1,10 @@
 """The package's install builds the native ORT plugin (onnxfuse/kernels/ort, CMake).
 
 All metadata lives in pyproject.toml; this file only hooks the build. ``build_py`` runs
-``onnxfuse/kernels/_ortbuild.py`` after copying the Python files: into the wheel's
+``onnxfuse/kernels/ort/_build.py`` after copying the Python files: into the wheel's
 ``onnxfuse/kernels/_lib/`` for ``pip install .``, into the source tree's for ``pip install -e .``
 (PEP 660: setuptools' editable finder maps ``onnxfuse`` to the source folder, so
-``ortlib.library_path()``, which looks next to ``ortlib.py``, finds it in both cases). A failed
+``onnxfuse.kernels.ort.library_path()``, which looks in ``onnxfuse/kernels/_lib``, finds it in both cases). A failed
 build fails the install with CMake's output; ``ONNXFUSE_SKIP_ORT_BUILD=1`` installs without the
 plugin (fused models then run their function bodies).
 
@@ -30,7 +30,7 @@ from setuptools.errors import ExecError
 
 _ROOT = Path(__file__).resolve().parent
 # Loaded by path: importing the package would import torch, which is no build requirement.
-ortbuild = SimpleNamespace(**runpy.run_path(str(_ROOT / "onnxfuse" / "kernels" / "_ortbuild.py")))
+ortbuild = SimpleNamespace(**runpy.run_path(str(_ROOT / "onnxfuse" / "kernels" / "ort" / "_build.py")))
 _LIB = Path("onnxfuse", "kernels", "_lib", ortbuild.LIBRARY_NAME)
 
 

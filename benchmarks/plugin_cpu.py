@@ -29,11 +29,11 @@ def main() -> int:
     args = parser.parse_args()
     import onnxruntime as ort
 
-    from onnxfuse.kernels import ortlib
+    from onnxfuse.kernels import ort as plugin
     from onnxfuse.pipeline import sessions
 
     def opts(**kw: object) -> ort.SessionOptions:
-        so = ortlib.session_options(**kw) if kw else ort.SessionOptions()  # type: ignore[arg-type]
+        so = plugin.session_options(**kw) if kw else ort.SessionOptions()  # type: ignore[arg-type]
         so.intra_op_num_threads = args.threads
         return so
 

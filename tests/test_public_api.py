@@ -71,7 +71,7 @@ def test_python_api_mirrors_the_cli(tmp_path) -> None:  # type: ignore[no-untype
     assert timing.speedup > 0
     sess = onnxfuse.session(fused.output)
     assert sess.get_providers()[0] == "CPUExecutionProvider"
-    from onnxfuse.kernels import bridge
+    from onnxfuse.kernels.ort import bridge
 
     before = bridge.calls()
     triton = onnxfuse.session(fused.output, backend="triton")

@@ -1,5 +1,5 @@
 """Kernels: the torch reference of FusedGatedMLP, its Triton kernels, tuning and ahead-of-time
-builds (:mod:`.triton`), and the native ONNX Runtime plugin (:mod:`.ortlib`, C++ in ``ort/``)
+builds (:mod:`.triton`), and the native ONNX Runtime plugin (:mod:`.ort`: its loader, the Python bridge and the C++)
 with its Python bridge (:mod:`.bridge`).
 
 The Triton kernels are imported lazily (importing this package costs neither torch nor

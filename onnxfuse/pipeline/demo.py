@@ -52,7 +52,8 @@ def _step(summary: list[dict[str, Any]], step: str, result: str, ok: bool) -> No
 def _triton_check(mlp: Path, fused: Path) -> dict[str, Any]:
     """Run the fused MLP in ORT with the plugin's triton backend (ORT → plugin → Python bridge →
     Triton kernel on ORT's own buffers) against the original graph, at a small token count."""
-    from onnxfuse.kernels import bridge, interpreting
+    from onnxfuse.kernels import interpreting
+    from onnxfuse.kernels.ort import bridge
 
     factory = sessions.plugin_options("triton", "cpu")
     info = sessions.model_info(mlp)
@@ -112,10 +113,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
     data: dict[str, Any] = {"model": config.model, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                             f"Python {platform.python_version()}"}
     start = time.perf_counter()
-    from onnxfuse.kernels import ortlib
+    from onnxfuse.kernels import ort as plugin
 
     try:
-        ortlib.library_path()
+        plugin.library_path()
         backend = "default"
     except UnsupportedError as e:
         backend = "none"

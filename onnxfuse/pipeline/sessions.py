@@ -112,7 +112,7 @@ def _preload_cuda_libraries() -> None:
 def plugin_options(backend: str, device: str = "cpu") -> Callable[[], Any] | None:
     """A factory of session options that run a fused graph's nodes on ``backend``: ``None``
     for ``none`` (plain ORT: the nodes' function bodies), else the plugin registered with that
-    backend (:func:`onnxfuse.kernels.ortlib.session_options`).
+    backend (:func:`onnxfuse.kernels.ort.session_options`).
 
     Raises:
         UserError: an unknown backend; UnsupportedError: the plugin is not built.
@@ -123,10 +123,10 @@ def plugin_options(backend: str, device: str = "cpu") -> Callable[[], Any] | Non
         raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if backend == "none":
         return None
-    from onnxfuse.kernels import ortlib
+    from onnxfuse.kernels import ort as plugin
 
-    ortlib.library_path()  # a clear error now if the plugin is not built
-    return functools.partial(ortlib.session_options, backend=backend, device=device)
+    plugin.library_path()  # a clear error now if the plugin is not built
+    return functools.partial(plugin.session_options, backend=backend, device=device)
 
 
 def run(sess: Any, feeds: dict[str, np.ndarray], path: str | os.PathLike[str]) -> list[Any]:

@@ -17,7 +17,8 @@ from onnx import TensorProto
 
 from onnxfuse import ops
 from onnxfuse.errors import UnsupportedError, UserError
-from onnxfuse.kernels import _abi, _loader, bridge, ortlib
+from onnxfuse.kernels import ort as plugin
+from onnxfuse.kernels.ort import _abi, _loader, bridge
 from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
@@ -41,7 +42,7 @@ def test_triton_backend_matches_the_original_graph_for_tiny(tmp_path: Path, dtyp
     src, fused = fused_pair(tmp_path, "tiny", "full", dtype)
     info = sessions.model_info(fused)
     assert len(info.fused_nodes) == 2
-    options = ortlib.session_options(backend="triton")
+    options = plugin.session_options(backend="triton")
     for batch, seq in ((2, 7), (1, 5)):
         feeds, _ = sessions.make_inputs(sessions.model_info(src), batch, seq)
         before = bridge.calls(), bridge.kernel_runs("triton")
@@ -66,7 +67,7 @@ def test_the_kernel_writes_into_ort_buffers_without_copying(tiny_mlp: tuple[Path
 
     bridge.set_kernel(spy)
     x = next(iter(feeds.values()))
-    got = run_model(fused, feeds, ortlib.session_options(backend="triton"))
+    got = run_model(fused, feeds, plugin.session_options(backend="triton"))
     (x_ptr, out_ptr, contiguous), = seen
     assert x_ptr == x.ctypes.data and contiguous and out_ptr != x_ptr
     assert compare("y", got, run_model(src, feeds), limit=1e-5).passed
@@ -107,14 +108,14 @@ def test_triton_backend_on_cpu_without_the_interpreter_says_how_to_choose_it(
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(UnsupportedError, match=r"set TRITON_INTERPRET=1 before Python starts.*`onnxfuse` "
                                                r"CLI.*--device cuda"):
-        ortlib.session_options(backend="triton")
+        plugin.session_options(backend="triton")
     assert "TRITON_INTERPRET" not in os.environ
 
 
 def test_a_raising_python_kernel_is_an_ort_error_and_the_next_run_works(tiny_mlp: tuple[Path, Path]) -> None:
     src, fused = tiny_mlp
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 4)
-    sess = sessions.session(fused, options=ortlib.session_options(backend="triton"))
+    sess = sessions.session(fused, options=plugin.session_options(backend="triton"))
 
     def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise ValueError("boom: planted failure 42")
@@ -139,7 +140,7 @@ def test_runs_in_a_loop_do_not_leak(tiny_mlp: tuple[Path, Path]) -> None:
     ~0.15 s a run); a few real Triton runs come first so its caches are warm."""
     src, fused = tiny_mlp
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 4)
-    sess = sessions.session(fused, options=ortlib.session_options(backend="triton"))
+    sess = sessions.session(fused, options=plugin.session_options(backend="triton"))
     for _ in range(3):
         sess.run(None, feeds)
 
@@ -170,7 +171,7 @@ def test_runs_in_a_loop_do_not_leak(tiny_mlp: tuple[Path, Path]) -> None:
 def test_without_the_callback_the_run_fails_clearly(tiny_mlp: tuple[Path, Path]) -> None:
     src, fused = tiny_mlp
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 1, 2)
-    sess = sessions.session(fused, options=ortlib.session_options(backend="triton"))
+    sess = sessions.session(fused, options=plugin.session_options(backend="triton"))
     bridge.uninstall()
     with pytest.raises(Exception, match=r"no Python kernel installed.*backend='triton'"):
         sess.run(None, feeds)
@@ -182,7 +183,7 @@ def test_bf16_through_the_bridge_matches_the_reference() -> None:
 
     model, arrays = op_model(TensorProto.BFLOAT16, 40, 72, "gelu_tanh", True)
     x = np.random.default_rng(3).standard_normal((2, 40)).astype(np.float32)
-    y = run_op(model, x, TensorProto.BFLOAT16, ortlib.session_options(backend="triton"))
+    y = run_op(model, x, TensorProto.BFLOAT16, plugin.session_options(backend="triton"))
     q = [torch.from_numpy(a.astype(ml_dtypes.bfloat16).astype(np.float32)) for a in arrays]
     ref = fused_gated_mlp_reference(torch.from_numpy(x.astype(ml_dtypes.bfloat16).astype(np.float32)),
                                     *q, activation="gelu_tanh", compute_dtype=torch.float64)
@@ -196,7 +197,7 @@ def test_bad_shapes_are_ort_errors_naming_the_input() -> None:
     model, _ = op_model(TensorProto.FLOAT, 8, 12, "silu", False)
     w_up = next(t for t in model.graph.initializer if t.name == "W_up")
     w_up.CopyFrom(numpy_helper.from_array(np.zeros((8, 13), np.float32), "W_up"))
-    for options in (ortlib.session_options(backend="triton"), ortlib.session_options(cpu_kernel="matmul")):
+    for options in (plugin.session_options(backend="triton"), plugin.session_options(cpu_kernel="matmul")):
         sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         with pytest.raises(Exception, match=r"W_up is \[8, 13\], expected \[8, 12\]"):
             sess.run(None, {"X": np.zeros((3, 8), np.float32)})
@@ -211,7 +212,7 @@ def test_bad_shapes_are_ort_errors_naming_the_input() -> None:
 def test_bad_session_options_are_user_errors_naming_the_value(kwargs: dict[str, str], message: str) -> None:
     """The same mistake the CLI's --backend/--device refuse with exit 2 is a UserError here too."""
     with pytest.raises(UserError, match=message) as info:
-        ortlib.session_options(**kwargs)
+        plugin.session_options(**kwargs)
     assert info.value.exit_code == 2
 
 
@@ -221,7 +222,7 @@ def test_unknown_config_entries_are_refused_by_the_library() -> None:
     so = ort.SessionOptions()
     so.add_session_config_entry("onnxfuse.backend", "fast")
     with pytest.raises(Exception, match=r"onnxfuse\.backend: unknown value fast"):
-        so.register_custom_ops_library(str(ortlib.library_path()))
+        so.register_custom_ops_library(str(plugin.library_path()))
 
 
 def test_the_bridge_structs_match_the_library_abi_field_by_field() -> None:
@@ -241,9 +242,9 @@ def test_two_swapped_bridge_fields_are_refused() -> None:
     swapped = type("SwappedCall", (ctypes.Structure,), {"_fields_": fields})
     assert ctypes.sizeof(swapped) == ctypes.sizeof(_abi.Call)
     lib = _loader.library()
-    _loader.check(lib, ortlib.library_path())  # the real structs pass
+    _loader.check(lib, plugin.library_path())  # the real structs pass
     with pytest.raises(UnsupportedError, match=r"^rebuild the plugin: .* lays out the bridge structs") as info:
-        _loader.check(lib, ortlib.library_path(), call=swapped)
+        _loader.check(lib, plugin.library_path(), call=swapped)
     assert "call.op_id: library [offset, size] [4, 4], Python [8, 4]" in str(info.value)
     assert "call.elem_type: library [offset, size] [8, 4], Python [4, 4]" in str(info.value)
 
@@ -263,12 +264,12 @@ def test_a_library_built_from_another_registry_is_refused(monkeypatch: pytest.Mo
     changed["ops"][0]["attributes"][0]["values"].append("relu")
     monkeypatch.setattr(ops, "contract", lambda: changed)
     copy = tmp_path / "libonnxfuse_ort.so"
-    shutil.copy(ortlib.library_path(), copy)
+    shutil.copy(plugin.library_path(), copy)
     monkeypatch.setenv("ONNXFUSE_ORT_LIBRARY", str(copy))
     with pytest.raises(UnsupportedError, match=r"rebuild the plugin: .* another fused-op registry .*"
                                                r"contract\.ops\[0\]\.attributes\[0\]\.values: library "
                                                r'\["silu", "gelu", "gelu_tanh"\], onnxfuse \["silu", "gelu", '
                                                r'"gelu_tanh", "relu"\]\); run `python -m onnxfuse'):
-        ortlib.session_options()
+        plugin.session_options()
     monkeypatch.setattr(ops, "contract", lambda: contract)
-    ortlib.session_options()  # the same library, with the registry it was built from
+    plugin.session_options()  # the same library, with the registry it was built from

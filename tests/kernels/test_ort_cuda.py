@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from onnxfuse.kernels import bridge, ortlib
+from onnxfuse.kernels import ort as plugin
+from onnxfuse.kernels.ort import bridge
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
 from tests.kernels.plugin_models import fused_pair, op_model
@@ -31,7 +32,7 @@ def test_cuda_plugin_matches_the_original_graph(tmp_path: Path, dtype: str) -> N
     src, fused = fused_pair(tmp_path, "tiny", "full", dtype)
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 16)
     want = sessions.session(src, device="cuda").run(None, feeds)[0]
-    sess = sessions.session(fused, device="cuda", options=ortlib.session_options(device="cuda"))
+    sess = sessions.session(fused, device="cuda", options=plugin.session_options(device="cuda"))
     before = bridge.calls()
     got = sess.run(None, feeds)[0]
     assert bridge.calls() - before == 2  # both fused nodes ran the Triton kernel
@@ -50,7 +51,7 @@ def test_cuda_plugin_bf16_op_matches_the_reference() -> None:
     from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 
     model, arrays = op_model(TensorProto.BFLOAT16, 256, 704, "silu", False)
-    sess = ort.InferenceSession(model.SerializeToString(), ortlib.session_options(device="cuda"),
+    sess = ort.InferenceSession(model.SerializeToString(), plugin.session_options(device="cuda"),
                                 providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((33, 256)).astype(np.float32)
     xq = x.astype(ml_dtypes.bfloat16)
@@ -67,7 +68,7 @@ def test_cuda_plugin_bf16_op_matches_the_reference() -> None:
 def test_cuda_raising_kernel_is_an_ort_error_and_the_next_run_works(tmp_path: Path) -> None:
     src, fused = fused_pair(tmp_path, "tiny", "mlp")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 1, 4)
-    sess = sessions.session(fused, device="cuda", options=ortlib.session_options(device="cuda"))
+    sess = sessions.session(fused, device="cuda", options=plugin.session_options(device="cuda"))
 
     def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise ValueError("cuda boom")

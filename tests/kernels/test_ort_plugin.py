@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from onnxfuse.kernels import bridge, ortlib
+from onnxfuse.kernels import ort as plugin
+from onnxfuse.kernels.ort import bridge
 from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
@@ -19,14 +20,14 @@ from tests.kernels.plugin_models import fused_pair, op_model, run_model, run_op
 
 @pytest.fixture(scope="session", autouse=True)
 def library() -> Path:
-    return ortlib.library_path()  # the package's install built it (setup.py); no fallback here
+    return plugin.library_path()  # the package's install built it (setup.py); no fallback here
 
 
 def test_the_plugin_kernel_runs_not_the_function_body(tmp_path: Path) -> None:
     src, fused = fused_pair(tmp_path, "tiny", "mlp")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 5)
     plain = run_model(fused, feeds)
-    shifted = run_model(fused, feeds, ortlib.session_options(cpu_kernel="matmul", debug_offset=1.0))
+    shifted = run_model(fused, feeds, plugin.session_options(cpu_kernel="matmul", debug_offset=1.0))
     np.testing.assert_allclose(shifted - plain, 1.0, rtol=0, atol=1e-5)
     assert np.array_equal(plain, run_model(src, feeds))  # without the plugin: the function body
 
@@ -40,7 +41,7 @@ def test_plugin_matches_the_original_graph_fp32(tmp_path: Path, model: str, part
     src, fused = fused_pair(tmp_path, model, part)
     for batch, seq in ((2, 16), (1, 37)):
         feeds, _ = sessions.make_inputs(sessions.model_info(src), batch, seq)
-        got = run_model(fused, feeds, ortlib.session_options(cpu_kernel=cpu_kernel))
+        got = run_model(fused, feeds, plugin.session_options(cpu_kernel=cpu_kernel))
         c = compare("y", got, run_model(src, feeds), limit=1e-5)
         assert c.passed, c.detail
 
@@ -48,7 +49,7 @@ def test_plugin_matches_the_original_graph_fp32(tmp_path: Path, model: str, part
 def test_plugin_matches_the_original_graph_fp16(tmp_path: Path) -> None:
     src, fused = fused_pair(tmp_path, "tiny", "full", "float16")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 16)
-    got = run_model(fused, feeds, ortlib.session_options(cpu_kernel="matmul"))
+    got = run_model(fused, feeds, plugin.session_options(cpu_kernel="matmul"))
     assert compare("logits", got, run_model(src, feeds), limit=tolerance("float16")).passed
 
 
@@ -56,7 +57,7 @@ def test_cpu_default_leaves_nodes_to_their_function_body(tmp_path: Path) -> None
     src, fused = fused_pair(tmp_path, "tiny", "mlp")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 5)
     # A debug offset would show if the plugin kernel ran: with the CPU default it must not.
-    got = run_model(fused, feeds, ortlib.session_options(debug_offset=1.0))
+    got = run_model(fused, feeds, plugin.session_options(debug_offset=1.0))
     assert np.array_equal(got, run_model(src, feeds))
 
 
@@ -71,8 +72,8 @@ def test_op_alone_matches_the_reference_in_every_type(backend: str, dtype: int, 
     import torch
 
     model, arrays = op_model(dtype, 24, 52, activation, biased)
-    so = (ortlib.session_options(backend="triton") if backend == "triton"
-          else ortlib.session_options(cpu_kernel=backend))
+    so = (plugin.session_options(backend="triton") if backend == "triton"
+          else plugin.session_options(cpu_kernel=backend))
     x = np.random.default_rng(1).standard_normal((7, 24)).astype(np.float32)
     before = bridge.calls()
     y = run_op(model, x, dtype, so)
@@ -90,7 +91,7 @@ def test_op_alone_matches_the_reference_in_every_type(backend: str, dtype: int, 
 def test_bad_activation_is_an_ort_error_naming_it() -> None:
     model, _ = op_model(TensorProto.FLOAT, 8, 12, "relu", False)
     with pytest.raises(Exception, match="unknown activation 'relu'"):
-        ort.InferenceSession(model.SerializeToString(), ortlib.session_options(cpu_kernel="matmul"),
+        ort.InferenceSession(model.SerializeToString(), plugin.session_options(cpu_kernel="matmul"),
                              providers=["CPUExecutionProvider"])
 
 
@@ -99,7 +100,7 @@ def test_missing_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     monkeypatch.setenv("ONNXFUSE_ORT_LIBRARY", str(tmp_path / "nope.so"))
     with pytest.raises(UnsupportedError, match="not built"):
-        ortlib.session_options()
+        plugin.session_options()
 
 
 def test_broken_library_is_a_clear_error_and_the_function_body_still_runs(
@@ -111,7 +112,7 @@ def test_broken_library_is_a_clear_error_and_the_function_body_still_runs(
     broken.write_bytes(b"\x7fELF" + bytes(range(256)) * 4)
     monkeypatch.setenv("ONNXFUSE_ORT_LIBRARY", str(broken))
     with pytest.raises(UnsupportedError, match="ONNX Runtime cannot load the onnxfuse plugin"):
-        ortlib.session_options()
+        plugin.session_options()
     src, fused = fused_pair(tmp_path, "tiny", "mlp")
     proc = run_cli(["parity", str(src), str(fused)])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -6,7 +6,7 @@
 //   onnxfuse.cpu_kernel   = "matmul" (ORT's own MatMul via Ort::Op) | "naive" (reference loops)
 //                         | "off" (register nothing: CPU nodes run their model-local function body)
 //   onnxfuse.debug_offset = float added to every output element (debug only; proves the kernel ran)
-//   onnxfuse.backend      = "default" | "triton" (call the Python bridge: onnxfuse.kernels.bridge)
+//   onnxfuse.backend      = "default" | "triton" (call the Python bridge: onnxfuse.kernels.ort.bridge)
 //   onnxfuse.device       = "cpu" (default) | "cuda" (register for the CUDA EP; the triton backend)
 //   onnxfuse.precision    = onnxfuse_ops::kPrecisions: float32 dot precision of the triton backend
 // The CUDA kernels need no CUDA headers or driver: they only pass device pointers and the stream.
@@ -57,7 +57,7 @@ void CallPython(OnnxfuseCall& call, const Config& cfg, Ort::KernelContext& ctx, 
   OnnxfuseTritonFn fn = g_triton.load();
   if (!fn)
     throw Ort::Exception(std::string("onnxfuse::") + op + ": the triton backend has no Python kernel installed: "
-                         "create the session with onnxfuse.kernels.ortlib.session_options(backend='triton')",
+                         "create the session with onnxfuse.kernels.ort.session_options(backend='triton')",
                          ORT_FAIL);
   call.version = ONNXFUSE_BRIDGE_VERSION;
   call.device = cfg.cuda ? 1 : 0;

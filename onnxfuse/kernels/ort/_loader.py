@@ -1,10 +1,10 @@
 """Where the native plugin lies, loading it, and refusing one this onnxfuse cannot talk to.
 
-The one home of the library's path and ``ctypes`` handle: :mod:`onnxfuse.kernels.ortlib`
-(session options) and :mod:`onnxfuse.kernels.bridge` (the triton callback) both import it, and
+The one home of the library's path and ``ctypes`` handle: :mod:`onnxfuse.kernels.ort`
+(session options) and :mod:`onnxfuse.kernels.ort.bridge` (the triton callback) both import it, and
 it imports neither. :func:`library` checks, once per path, that the library was built from this
 ``onnxfuse/ops.py`` (its ``onnxfuse_contract()`` against :func:`onnxfuse.ops.contract`) and that
-its bridge structs have the layout of :mod:`onnxfuse.kernels._abi`, field by field.
+its bridge structs have the layout of :mod:`onnxfuse.kernels.ort._abi`, field by field.
 ``ctypes.CDLL`` on the path ORT loads shares the library's globals (same ``dlopen`` handle).
 """
 
@@ -19,14 +19,14 @@ from typing import Any
 
 from onnxfuse import ops
 from onnxfuse.errors import UnsupportedError, first_line
-from onnxfuse.kernels import _abi
-from onnxfuse.kernels._ortbuild import LIBRARY_NAME
+from onnxfuse.kernels.ort import _abi
+from onnxfuse.kernels.ort._build import LIBRARY_NAME
 
 __all__ = ["INSTALLED", "REBUILD", "check", "library", "library_path"]
 
-INSTALLED = Path(__file__).parent / "_lib" / LIBRARY_NAME
-"""Where the package's install (``setup.py``) and :func:`onnxfuse.kernels.ortlib.build` put it."""
-REBUILD = "python -m onnxfuse.kernels.ortlib"
+INSTALLED = Path(__file__).resolve().parent.parent / "_lib" / LIBRARY_NAME
+"""Where the package's install (``setup.py``) and :func:`onnxfuse.kernels.ort.build` put it."""
+REBUILD = "python -m onnxfuse.kernels.ort"
 """The command that rebuilds the library, for error messages."""
 
 _lock = threading.Lock()

@@ -1,7 +1,7 @@
 """The native ONNX Runtime custom-op library that runs ``onnxfuse::FusedGatedMLP``.
 
 Built from ``onnxfuse/kernels/ort`` (C++ against ORT's C API, version 21, so it loads in ORT
-1.21 and newer) with CMake by the package's install (``setup.py`` runs ``_ortbuild``; so do
+1.21 and newer) with CMake by the package's install (``setup.py`` runs ``ort/_build.py``; so do
 ``pip install .``, ``pip install -e .`` and ``make``), or by hand with :func:`build`. ORT
 headers come from ``$ORT_INCLUDE_DIR``, else the system's ``onnxruntime/`` include folder,
 else Debian trixie's ``libonnxruntime-dev`` fetched under an isolated apt configuration.
@@ -20,15 +20,14 @@ body, ran). Settings are session config entries that ``RegisterCustomOps`` reads
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from onnxfuse import ops
 from onnxfuse.errors import KernelError, UnsupportedError, UserError, first_line
-from onnxfuse.kernels import _abi, _loader, _ortbuild
-from onnxfuse.kernels._loader import REBUILD, library_path
-from onnxfuse.kernels._ortbuild import LIBRARY_NAME
+from onnxfuse.kernels.ort import _abi, _build, _loader
+from onnxfuse.kernels.ort._build import LIBRARY_NAME
+from onnxfuse.kernels.ort._loader import REBUILD, library_path
 
 __all__ = ["LIBRARY_NAME", "build", "library_path", "session_options"]
 
@@ -45,8 +44,8 @@ def build(dest: Path | None = None, *, build_type: str = "Release") -> Path:
         KernelError: no headers, no cmake / compiler, or the build failed (with its output).
     """
     try:
-        return _ortbuild.build(dest or _loader.INSTALLED, build_type=build_type)
-    except _ortbuild.BuildError as e:
+        return _build.build(dest or _loader.INSTALLED, build_type=build_type)
+    except _build.BuildError as e:
         raise KernelError(str(e)) from e
 
 
@@ -102,7 +101,8 @@ def _prepare_triton(device: str) -> None:
     Raises:
         UnsupportedError: ``device`` is ``cpu`` and the process does not interpret Triton.
     """
-    from onnxfuse.kernels import bridge, interpreting
+    from onnxfuse.kernels import interpreting
+    from onnxfuse.kernels.ort import bridge
 
     if device == "cpu" and not interpreting():
         raise UnsupportedError(
@@ -111,7 +111,3 @@ def _prepare_triton(device: str) -> None:
             "the `onnxfuse` CLI (which sets it), or use --device cuda")
     bridge.install()
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build())  # noqa: T201

@@ -1,7 +1,7 @@
 """The bridge's C ABI (``ort/bridge_abi.h``) mirrored with ctypes, sized by the fused-op registry.
 
 The library describes its own layout (``onnxfuse_bridge_abi()``: every field's offset and size,
-and the structs' sizes); :mod:`onnxfuse.kernels._loader` compares it with :func:`layout` of
+and the structs' sizes); :mod:`onnxfuse.kernels.ort._loader` compares it with :func:`layout` of
 these structs when it loads the library, so a field added, moved or resized on one side only is
 refused before any call crosses. Bump :data:`BRIDGE_VERSION` with ``ONNXFUSE_BRIDGE_VERSION``.
 """

@@ -3,7 +3,7 @@
 The native library exports ``onnxfuse_set_triton_callback``; :func:`install` hands it a
 ``ctypes.CFUNCTYPE`` callback. ``ctypes`` takes the GIL when ORT's thread calls it (ORT's Python
 binding releases the GIL during ``run``), so no Python headers are needed. Each call
-(:class:`onnxfuse.kernels._abi.Call`) carries the op's id, its attribute codes, the element type
+(:class:`onnxfuse.kernels.ort._abi.Call`) carries the op's id, its attribute codes, the element type
 and ORT's own buffers as raw pointers plus shapes. The callback looks the op up in the registry
 (:data:`onnxfuse.ops.REGISTRY`), wraps the buffers as torch tensors without copying (CPU:
 ``torch.frombuffer``; CUDA: ``__cuda_array_interface__``), and launches the op's Python kernel
@@ -27,7 +27,7 @@ from typing import Any
 
 from onnxfuse import ops
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels import _abi, _loader
+from onnxfuse.kernels.ort import _abi, _loader
 
 __all__ = ["BRIDGE_VERSION", "Kernel", "calls", "install", "kernel_runs", "set_kernel", "uninstall"]
 

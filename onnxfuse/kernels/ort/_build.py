@@ -1,13 +1,13 @@
 """Build the native ORT plugin (``ort/``) with CMake: the one build, run by the package's install.
 
 ``setup.py`` runs :func:`build` from its ``build_py`` step, so ``pip install .`` and
-``pip install -e .`` both produce the library; :func:`onnxfuse.kernels.ortlib.build` runs it
+``pip install -e .`` both produce the library; :func:`onnxfuse.kernels.ort.build` runs it
 by hand. Standard library only, and it imports nothing from onnxfuse: ``setup.py`` loads this
 file by path inside pip's isolated build environment, where torch and the package's other
 dependencies are absent (and must stay absent: never a build requirement).
 
 The plugin's C++ reads the fused-op registry: CMake runs this file as a script
-(``python _ortbuild.py ops-header OUT``) to write ``onnxfuse_ops.h`` from
+(``python _build.py ops-header OUT``) to write ``onnxfuse_ops.h`` from
 :func:`onnxfuse.ops.c_header` into the build tree, and rebuilds when ``ops.py`` changes.
 ``ops.py`` imports only the standard library and is loaded by path, as this file is.
 
@@ -35,9 +35,9 @@ __all__ = ["CMAKE_MINIMUM", "LIBRARY_NAME", "BuildError", "build", "cmake_requir
 log = logging.getLogger(__name__)
 LIBRARY_NAME = "libonnxfuse_ort.so"
 CMAKE_MINIMUM = (3, 18)  # cmake_minimum_required in ort/CMakeLists.txt
-_SOURCE = Path(__file__).parent / "ort"
-_HEADER_CACHE = Path(__file__).parent / "_lib" / "ort-include"
-_OPS = Path(__file__).resolve().parent.parent / "ops.py"
+_SOURCE = Path(__file__).parent  # CMakeLists.txt and the C++ sources
+_HEADER_CACHE = Path(__file__).resolve().parent.parent / "_lib" / "ort-include"
+_OPS = Path(__file__).resolve().parents[2] / "ops.py"
 
 
 class BuildError(RuntimeError):
@@ -147,7 +147,7 @@ def build(target: Path, *, build_type: str = "Release") -> Path:
     return target
 
 
-if __name__ == "__main__":  # CMake's step: python _ortbuild.py ops-header OUT
+if __name__ == "__main__":  # CMake's step: python _build.py ops-header OUT
     if len(sys.argv) != 3 or sys.argv[1] != "ops-header":
-        sys.exit("usage: python _ortbuild.py ops-header OUT/onnxfuse_ops.h")
+        sys.exit("usage: python _build.py ops-header OUT/onnxfuse_ops.h")
     write_ops_header(Path(sys.argv[2]))

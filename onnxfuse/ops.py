@@ -90,6 +90,8 @@ class OpSpec:
         inputs: in slot order; optional inputs come after the required ones.
         formula: what the node computes, for reports: ``{attr}`` is replaced by the node's
             attribute value, and a ``[ ... NAME]`` part is kept only when input NAME is given.
+        rules: the graph_rewrites module of the op's fusion family (it declares ``FAMILY``);
+            the rewrite tries the families in registry order (``None``: nothing fuses into it).
         kernel: the Python kernel the native plugin's ``triton`` backend launches for a node,
             as ``"module:function"`` (imported when first called; ``None``: the op has none).
             It is called with the inputs in slot order (``None`` for an absent optional one),
@@ -102,6 +104,7 @@ class OpSpec:
     outputs: tuple[str, ...]
     attributes: tuple[Attribute, ...]
     formula: str
+    rules: str | None = None
     kernel: str | None = None
     element_types: tuple[str, ...] = tuple(ELEMENT_TYPES)
     domain: str = DOMAIN
@@ -158,6 +161,7 @@ FUSED_GATED_MLP = OpSpec(
     outputs=("Y",),
     attributes=(Attribute("activation", ("silu", "gelu", "gelu_tanh"), "silu"),),
     formula="{activation}(X @ W_gate[ + B_gate]) * (X @ W_up[ + B_up]) @ W_down[ + B_down]",
+    rules="onnxfuse.graph_rewrites.rules.gated_mlp",
     kernel="onnxfuse.kernels.triton.gated_mlp:fused_gated_mlp",
 )
 """``Y = (act(X @ W_gate + B_gate) * (X @ W_up + B_up)) @ W_down + B_down``; weights in ONNX

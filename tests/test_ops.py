@@ -73,3 +73,10 @@ def test_first_line_of_an_error() -> None:
     assert first_line(RuntimeError("\n  \n  cannot load\nstack trace...")) == "cannot load"
     assert first_line(ValueError("")) == "ValueError"
     assert first_line(ValueError("   \n"), "") == ""
+
+
+def test_every_fusion_family_is_named_by_its_ops_registry_entry() -> None:
+    from onnxfuse.graph_rewrites import DEFAULT_FAMILIES
+
+    assert [f.op for f in DEFAULT_FAMILIES] == [s for s in ops.REGISTRY if s.rules is not None]
+    assert GATED.rules is not None and GATED.kernel is not None

@@ -1,19 +1,36 @@
 """The fusion rules: one file per fused-op family, and the order the pass tries them in.
 
 A new family is a rule file here that declares a :class:`~onnxfuse.graph_rewrites._family.Family`
-as ``FAMILY``, and its line in :data:`DEFAULT_FAMILIES`.
+as ``FAMILY``, named by its op's registry entry (``OpSpec.rules``): :data:`DEFAULT_FAMILIES` is
+read from the registry, in its order, so no list here restates it.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from onnxscript.rewriter import pattern
 
+from onnxfuse import ops
+from onnxfuse.errors import RewriteError
 from onnxfuse.graph_rewrites._family import Family
-from onnxfuse.graph_rewrites.rules import gated_mlp
 
 __all__ = ["DEFAULT_FAMILIES", "all_rules"]
 
-DEFAULT_FAMILIES: tuple[Family, ...] = (gated_mlp.FAMILY,)
+
+def _families() -> tuple[Family, ...]:
+    families = []
+    for spec in ops.REGISTRY:
+        if spec.rules is not None:
+            family: Family = importlib.import_module(spec.rules).FAMILY
+            if family.op is not spec:
+                raise RewriteError(f"{spec.rules}.FAMILY fuses into {family.op.qualified_name}, but the "
+                                f"registry names it as the rules of {spec.qualified_name}")
+            families.append(family)
+    return tuple(families)
+
+
+DEFAULT_FAMILIES: tuple[Family, ...] = _families()
 """Every family, in priority order: at a node, an earlier family's fusion wins."""
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: cheap tiny exports built once per session, and a CLI runner."""
+"""Shared fixtures: the run's export cache (tests/helpers.py), a CLI runner, and the skips."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import Exports, exports_root
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Without a GPU, Triton kernels run in the CPU interpreter. Triton reads this when a kernel
@@ -26,6 +28,12 @@ def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = 300,
         [sys.executable, "-m", "onnxfuse.pipeline.cli", *args], cwd=cwd, capture_output=True,
         text=True, timeout=timeout, env=env,
     )
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
+    """Exports and fusions made once per run, shared by every module and both xdist workers."""
+    return Exports(exports_root(tmp_path_factory))
 
 
 def has_smollm2() -> bool:

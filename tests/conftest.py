@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -31,9 +31,12 @@ def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = 300,
 
 
 @pytest.fixture(scope="session")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
-    """Exports and fusions made once per run, shared by every module and both xdist workers."""
-    return Exports(exports_root(tmp_path_factory))
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exports]:
+    """Exports and fusions made once per run, shared by every module and both xdist workers;
+    an error at the end if a test wrote beside or over them."""
+    cache = Exports(exports_root(tmp_path_factory))
+    yield cache
+    assert not cache.changed(), f"tests wrote into these shared exports (write to tmp_path): {cache.changed()}"
 
 
 def has_smollm2() -> bool:

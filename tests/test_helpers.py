@@ -1,5 +1,5 @@
 """The run's export cache (tests/helpers.py): one make per key, across processes too; failures
-are not cached."""
+are not cached; a test writing into a shared entry is found."""
 
 from __future__ import annotations
 
@@ -57,3 +57,21 @@ def test_a_failed_make_caches_nothing(tmp_path: Path) -> None:
 
     assert exports.cached("key", make) == []  # the failed make's leftovers are gone
     assert exports.cached("key", make) == [] and made == [tmp_path / "key"]  # made once
+
+
+@pytest.mark.parametrize("write", ["beside", "over"])
+def test_a_write_into_a_finished_entry_is_found(tmp_path: Path, write: str) -> None:
+    exports = Exports(tmp_path)
+
+    def make(folder: Path) -> Path:
+        (folder / "m.onnx").write_bytes(b"model")
+        return folder / "m.onnx"
+
+    model = exports.cached("key", make)
+    exports.cached("other", make)
+    assert exports.changed() == []
+    if write == "beside":
+        (model.parent / "out.onnx").write_bytes(b"a test's output")
+    else:
+        model.write_bytes(b"edited")
+    assert exports.changed() == ["key"]

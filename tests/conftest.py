@@ -1,14 +1,16 @@
-"""Shared fixtures: cheap tiny exports built once per session, and a CLI runner."""
+"""Shared fixtures: the run's export cache (tests/helpers.py), a CLI runner, and the skips."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import Exports, exports_root
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Without a GPU, Triton kernels run in the CPU interpreter. Triton reads this when a kernel
@@ -26,6 +28,15 @@ def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = 300,
         [sys.executable, "-m", "onnxfuse.pipeline.cli", *args], cwd=cwd, capture_output=True,
         text=True, timeout=timeout, env=env,
     )
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exports]:
+    """Exports and fusions made once per run, shared by every module and both xdist workers;
+    an error at the end if a test wrote beside or over them."""
+    cache = Exports(exports_root(tmp_path_factory))
+    yield cache
+    assert not cache.changed(), f"tests wrote into these shared exports (write to tmp_path): {cache.changed()}"
 
 
 def has_smollm2() -> bool:

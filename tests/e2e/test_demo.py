@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import onnxfuse
+from tests.helpers import need_browser
 
 
 def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
@@ -43,10 +41,7 @@ def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
     for png in ("errors.png", "timing.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        if os.environ.get("CI"):
-            pytest.fail("CI must have chromium and chromedriver (.ci/run installs them)")
-        pytest.skip("chromium/chromedriver not installed")
+    need_browser()
     assert (out / "graph-after.png").is_file() and (out / "graph-before.png").is_file()
     from selenium.webdriver.common.by import By
 

@@ -9,6 +9,7 @@ import pytest
 
 from onnxfuse.errors import OutputError, ParityError, UnsupportedError, UserError
 from onnxfuse.exporters import SECOND_SHAPE, ExportConfig, ExportResult, export
+from tests.helpers import Exports
 
 
 def _export(tmp_path: Path, model: str = "tiny", **kw: object) -> ExportResult:
@@ -21,8 +22,8 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_dynamo(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    return _export(tmp_path_factory.mktemp("tiny"))
+def tiny_dynamo(exports: Exports) -> ExportResult:
+    return exports.export("tiny")
 
 
 def test_result_carries_paths_names_opset_and_figures(tiny_dynamo: ExportResult) -> None:
@@ -60,20 +61,20 @@ def test_weights_are_external_and_axes_dynamic(tiny_dynamo: ExportResult) -> Non
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 @pytest.mark.parametrize("model", ["tiny", "tiny-mistral", "tiny-qwen2"])
 @pytest.mark.parametrize("part", ["full", "mlp"])
-def test_families_export_and_verify_fp32(tmp_path: Path, model: str, exporter: str, part: str) -> None:
-    r = _export(tmp_path, model, exporter=exporter, part=part)
+def test_families_export_and_verify_fp32(exports: Exports, model: str, exporter: str, part: str) -> None:
+    r = exports.export(model, part, exporter)
     assert r.verified and all(o.rel_l2 <= 1e-5 for c in r.checks for o in c.outputs)
 
 
 @pytest.mark.parametrize("model", ["tiny-bias", "tiny-gelu", "tiny-gemma", "tiny-phi3"])
-def test_other_gated_mlp_families_export(tmp_path: Path, model: str) -> None:
-    assert _export(tmp_path, model).verified
+def test_other_gated_mlp_families_export(exports: Exports, model: str) -> None:
+    assert exports.export(model).verified
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 @pytest.mark.parametrize("part", ["full", "mlp"])
-def test_float16_runs_in_ort_cpu_within_tolerance(tmp_path: Path, exporter: str, part: str) -> None:
-    r = _export(tmp_path, exporter=exporter, dtype="float16", part=part)
+def test_float16_runs_in_ort_cpu_within_tolerance(exports: Exports, exporter: str, part: str) -> None:
+    r = exports.export("tiny", part, exporter, "float16")
     for c in r.checks:
         for o in c.outputs:
             assert o.limit == 5e-3 and o.rel_l2 <= 5e-3 and o.passed

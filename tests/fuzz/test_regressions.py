@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from onnxfuse.errors import InvalidModelError, UnsupportedError
 from onnxfuse.graph_rewrites import RewriteConfig, fuse_model, rewrite
 from tests.graph_rewrites.graphs import D, feeds, gated_mlp
+from tests.helpers import ort_run
 
 
 def _rewrite(tmp_path: Path, model: onnx.ModelProto, data: bytes | None = None):  # type: ignore[no-untyped-def]
@@ -139,12 +139,9 @@ def test_the_onnx_opset_imported_as_ai_onnx(tmp_path: Path) -> None:
     assert len(_rewrite(tmp_path, model).fused) == 1
     out = tmp_path / "out" / "model.onnx"
     onnx.checker.check_model(out, full_check=True)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     inputs = feeds(model)
-    (actual,) = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"]).run(None, inputs)
-    (expected,) = ort.InferenceSession(model.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"]).run(None, inputs)
+    (actual,) = ort_run(out, inputs)
+    (expected,) = ort_run(model, inputs)
     assert np.array_equal(actual, expected)
 
 

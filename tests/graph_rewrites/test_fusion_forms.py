@@ -5,32 +5,19 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from onnxfuse.graph_rewrites import fuse_model, unfuse_model
 from onnxfuse.numerics import compare
 from tests.graph_rewrites.graphs import D_FF, Builder, D, feeds, gated_mlp
-
-
-def _run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, inputs)
-
-
-def _fuse(proto: onnx.ModelProto):  # type: ignore[no-untyped-def]
-    model = ir.from_proto(proto)
-    fused, skipped = fuse_model(model)
-    return ir.to_proto(model), fused, skipped
+from tests.helpers import fuse_proto, ort_run
 
 
 def _assert_same_numbers(original: onnx.ModelProto, fused: onnx.ModelProto, limit: float = 1e-6) -> None:
     inputs = feeds(original)
-    for name, a, e in zip([o.name for o in original.graph.output], _run(fused, inputs),
-                          _run(original, inputs), strict=True):
+    for name, a, e in zip([o.name for o in original.graph.output], ort_run(fused, inputs),
+                          ort_run(original, inputs), strict=True):
         c = compare(name, a, e, limit=limit)
         assert c.passed, c.detail
 
@@ -66,7 +53,7 @@ ACTIVATION = {"silu": "silu", "silu_rev": "silu", "swish": "silu", "swish_defaul
 @pytest.mark.parametrize("kw", FUSING, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_form_fuses_and_keeps_the_numbers(kw: dict[str, object]) -> None:
     original = gated_mlp(**kw)  # type: ignore[arg-type]
-    fused, nodes, skipped = _fuse(original)
+    fused, nodes, skipped = fuse_proto(original)
     layers = int(kw.get("layers", 1))  # type: ignore[call-overload]
     assert len(nodes) == layers and skipped == []
     ops = [n.op_type for n in fused.graph.node]
@@ -83,7 +70,7 @@ def test_form_fuses_and_keeps_the_numbers(kw: dict[str, object]) -> None:
 
 
 def test_fused_node_carries_doc_metadata_function_and_opset() -> None:
-    fused, (node,), _ = _fuse(gated_mlp(form="silu", biased=True))
+    fused, (node,), _ = fuse_proto(gated_mlp(form="silu", biased=True))
     (proto,) = [n for n in fused.graph.node if n.op_type == "FusedGatedMLP"]
     assert proto.domain == "onnxfuse" and "gated MLP" in proto.doc_string
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -106,7 +93,7 @@ def test_unfuse_restores_the_original_numbers_exactly() -> None:
     restored = ir.to_proto(model)
     assert "FusedGatedMLP" not in {n.op_type for n in restored.graph.node}
     inputs = feeds(original)
-    for a, e in zip(_run(restored, inputs), _run(original, inputs), strict=True):
+    for a, e in zip(ort_run(restored, inputs), ort_run(original, inputs), strict=True):
         assert np.array_equal(a, e)
 
 
@@ -161,7 +148,7 @@ NEAR_MISSES = {
 def test_near_miss_stays_unfused_with_its_reason(case: str) -> None:
     kw, reason = NEAR_MISSES[case]
     original = gated_mlp(**kw)  # type: ignore[arg-type]
-    fused, nodes, skipped = _fuse(original)
+    fused, nodes, skipped = fuse_proto(original)
     assert nodes == []
     assert "FusedGatedMLP" not in {n.op_type for n in fused.graph.node}
     assert len(skipped) == 1, skipped
@@ -184,5 +171,5 @@ def test_gate_and_up_reading_different_inputs_is_a_near_miss() -> None:
         helper.make_tensor_value_info(x2, TensorProto.FLOAT, [2, D])],
         [helper.make_tensor_value_info(down, TensorProto.FLOAT, [2, D])], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
-    _, nodes, skipped = _fuse(onnx.shape_inference.infer_shapes(model))
+    _, nodes, skipped = fuse_proto(onnx.shape_inference.infer_shapes(model))
     assert nodes == [] and len(skipped) == 1 and "different inputs" in skipped[0].reason

@@ -27,7 +27,6 @@ import time
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -35,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxfuse.graph_rewrites import fuse_model
 from onnxfuse.numerics import compare
 from tests.graph_rewrites.graphs import Builder, activation
+from tests.helpers import ort_run
 
 # Hypothesis does not run a recipe it has already run, so ask for a margin over the 200 the
 # test proves ran. ONNXFUSE_PROPERTY_EXAMPLES asks for more; ONNXFUSE_PROPERTY_SEED draws
@@ -295,20 +295,6 @@ class _HostBuilder:
 
 # ---------------------------------------------------------------------------- checks
 
-def _options() -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3  # the overridable initializers warn on every session
-    return options
-
-
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), _options(),
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
 def _downstream(graph: onnx.GraphProto, sources: list[str]) -> set[str]:
     """Every value computed from any of ``sources`` (the graph is topologically sorted)."""
     reached = set(sources)
@@ -348,8 +334,8 @@ def check(recipe: Recipe) -> None:
 
     # 3. The numbers of every output.
     affected = _downstream(before.graph, host.downs)
-    for out, actual, expected in zip(before.graph.output, _run(fused, host.feeds),
-                                     _run(host.model, host.feeds), strict=True):
+    for out, actual, expected in zip(before.graph.output, ort_run(fused, host.feeds),
+                                     ort_run(host.model, host.feeds), strict=True):
         if out.name not in affected:
             assert np.array_equal(actual, expected, equal_nan=True), out.name
             continue

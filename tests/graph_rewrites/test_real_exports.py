@@ -7,20 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
-from onnxfuse.exporters import ExportConfig, export
 from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 from onnxfuse.models import build
 from onnxfuse.numerics import compare
 from tests.conftest import run_cli
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+from tests.helpers import Exports, ort_run
 
 
 def _feeds(model: str, part: str, dtype: str, batch: int = 2, seq: int = 9) -> dict[str, np.ndarray]:
@@ -28,19 +21,16 @@ def _feeds(model: str, part: str, dtype: str, batch: int = 2, seq: int = 9) -> d
     return {n: t.numpy() for n, t in zip(ex.input_names, ex.make_inputs(batch, seq), strict=True)}
 
 
-def _export(tmp_path: Path, model: str, part: str = "full", exporter: str = "dynamo",
+def _export(exports: Exports, model: str, part: str = "full", exporter: str = "dynamo",
             dtype: str = "float32") -> Path:
-    out = tmp_path / f"{model}-{part}-{exporter}-{dtype}.onnx"
-    export(ExportConfig(model, out, part=part, exporter=exporter, dtype=dtype,  # type: ignore[arg-type]
-                        verify=dtype != "bfloat16"))
-    return out
+    return exports.export(model, part, exporter, dtype, verify=dtype != "bfloat16").onnx_path
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 @pytest.mark.parametrize("model", ["tiny", "tiny-mistral", "tiny-qwen2"])
-def test_one_fusion_per_layer(tmp_path: Path, model: str, exporter: str, dtype: str) -> None:
-    src = _export(tmp_path, model, exporter=exporter, dtype=dtype)
+def test_one_fusion_per_layer(tmp_path: Path, exports: Exports, model: str, exporter: str, dtype: str) -> None:
+    src = _export(exports, model, exporter=exporter, dtype=dtype)
     result = rewrite(RewriteConfig(src, tmp_path / "fused.onnx"))
     assert len(result.fused) == 2 and result.skipped == ()
     fused = onnx.load(str(tmp_path / "fused.onnx"))
@@ -50,8 +40,8 @@ def test_one_fusion_per_layer(tmp_path: Path, model: str, exporter: str, dtype: 
     onnx.shape_inference.infer_shapes(fused, strict_mode=True)
     if dtype == "float32":
         feeds = _feeds(model, "full", dtype)
-        (got,) = _session(tmp_path / "fused.onnx").run(None, feeds)
-        (want,) = _session(src).run(None, feeds)
+        (got,) = ort_run(tmp_path / "fused.onnx", feeds)
+        (want,) = ort_run(src, feeds)
         c = compare("logits", got, want, limit=1e-6)
         assert c.passed, c.detail
 
@@ -60,32 +50,28 @@ def test_one_fusion_per_layer(tmp_path: Path, model: str, exporter: str, dtype: 
     ("tiny", "silu"), ("tiny-bias", "silu"), ("tiny-gelu", "gelu"), ("tiny-gemma", "gelu_tanh"),
     ("tiny-mistral", "silu"), ("tiny-qwen2", "silu")])
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
-def test_isolated_mlps_fuse_once(tmp_path: Path, model: str, activation: str, exporter: str) -> None:
-    src = _export(tmp_path, model, part="mlp", exporter=exporter)
+def test_isolated_mlps_fuse_once(tmp_path: Path, exports: Exports, model: str, activation: str,
+                                 exporter: str) -> None:
+    src = _export(exports, model, part="mlp", exporter=exporter)
     result = rewrite(RewriteConfig(src, tmp_path / "fused.onnx"))
     assert [n.activation for n in result.fused] == [activation]
     assert result.fused[0].biased == (model == "tiny-bias")
     feeds = _feeds(model, "mlp", "float32")
-    (got,) = _session(tmp_path / "fused.onnx").run(None, feeds)
-    (want,) = _session(src).run(None, feeds)
+    (got,) = ort_run(tmp_path / "fused.onnx", feeds)
+    (want,) = ort_run(src, feeds)
     assert compare("output", got, want, limit=1e-6).passed
 
 
-def test_packed_gate_up_is_reported_not_fused(tmp_path: Path) -> None:
-    src = _export(tmp_path, "tiny-phi3")
+def test_packed_gate_up_is_reported_not_fused(tmp_path: Path, exports: Exports) -> None:
+    src = _export(exports, "tiny-phi3")
     result = rewrite(RewriteConfig(src, tmp_path / "fused.onnx"))
     assert result.fused == () and len(result.skipped) == 2
     assert all("packed gate/up" in s.reason for s in result.skipped)
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("pair")
-    src = _export(folder, "tiny", dtype="float32")
-    out = folder / "out" / "fused.onnx"
-    out.parent.mkdir()
-    rewrite(RewriteConfig(src, out))
-    return src, out
+def tiny_pair(exports: Exports) -> tuple[Path, Path]:
+    return exports.fused_pair("tiny")
 
 
 def test_rewriting_a_fused_model_is_a_byte_identical_no_op(tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
@@ -113,7 +99,7 @@ def test_unfuse_gives_the_original_numbers(tiny_pair: tuple[Path, Path], tmp_pat
     assert rewrite(RewriteConfig(fused, back, unfuse=True)).unfused == 2
     assert "FusedGatedMLP" not in {n.op_type for n in onnx.load(str(back)).graph.node}
     feeds = _feeds("tiny", "full", "float32")
-    assert np.array_equal(_session(back).run(None, feeds)[0], _session(src).run(None, feeds)[0])
+    assert np.array_equal(ort_run(back, feeds)[0], ort_run(src, feeds)[0])
 
 
 def test_cli_rewrite_report_and_errors(tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
@@ -156,6 +142,6 @@ def test_two_d_inputs_fuse_through_gemm(tmp_path: Path, bias: bool, dynamo: bool
     # Weights are stored once: transposed for the op, read back through Transposes in the body.
     assert len(fused.graph.initializer) == (6 if bias else 3)
     x = np.random.default_rng(0).standard_normal((6, 16)).astype(np.float32)
-    (got,) = _session(tmp_path / "fused.onnx").run(None, {"x": x})
-    (want,) = _session(src).run(None, {"x": x})
+    (got,) = ort_run(tmp_path / "fused.onnx", {"x": x})
+    (want,) = ort_run(src, {"x": x})
     assert compare("y", got, want, limit=1e-6).passed

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from onnxfuse.graph_rewrites import fuse_model
 from tests.graph_rewrites.graphs import D_FF, Builder, D, activation
+from tests.helpers import fuse_proto, ort_run
 
 
 def _model(b: Builder, outputs: list[str], inputs: list[onnx.ValueInfoProto] | None = None,
@@ -32,25 +31,11 @@ def _matmul_mlp(b: Builder, x: str, w: list[str]) -> str:
     return b.op("MatMul", [b.op("Mul", [activation(b, gate, "silu"), up]), w[2]])
 
 
-def _fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list, list]:  # type: ignore[type-arg]
-    m = ir.from_proto(model)
-    fused, skipped = fuse_model(m)
-    return ir.to_proto(m), fused, skipped
-
-
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
 X = np.random.default_rng(3).standard_normal((3, D)).astype(np.float32)
 
 
 def _assert_same(original: onnx.ModelProto, fused: onnx.ModelProto, **feeds: np.ndarray) -> None:
-    for a, e in zip(_run(fused, {"x": X, **feeds}), _run(original, {"x": X, **feeds}), strict=True):
+    for a, e in zip(ort_run(fused, {"x": X, **feeds}), ort_run(original, {"x": X, **feeds}), strict=True):
         assert np.array_equal(a, e)
 
 
@@ -59,7 +44,7 @@ def test_gemm_mlps_with_tied_weights_share_one_transposed_copy() -> None:
     b = Builder()
     w = [b.weight(s) for s in [(D_FF, D), (D_FF, D), (D, D_FF)]]
     original = _model(b, [_gemm_mlp(b, _gemm_mlp(b, "x", w), w)])
-    fused, nodes, _ = _fuse(original)
+    fused, nodes, _ = fuse_proto(original)
     assert len(nodes) == 2
     onnx.checker.check_model(fused, full_check=True)
     assert sorted(t.name for t in fused.graph.initializer) == sorted(f"{n}__onnxfuse_T" for n in w)
@@ -72,7 +57,7 @@ def test_gemm_fusion_does_not_take_a_model_initializer_of_the_transposed_name() 
     y = _gemm_mlp(b, "x", w)
     b.inits.append(onnx.numpy_helper.from_array(np.full((D,), 2.0, np.float32), f"{w[0]}__onnxfuse_T"))
     original = _model(b, [b.op("Add", [y, f"{w[0]}__onnxfuse_T"])])
-    fused, nodes, _ = _fuse(original)
+    fused, nodes, _ = fuse_proto(original)
     assert len(nodes) == 1
     onnx.checker.check_model(fused, full_check=True)
     _assert_same(original, fused)
@@ -87,7 +72,7 @@ def test_gemm_weight_a_caller_may_override_is_not_fused_but_a_matmul_one_is() ->
         w = [b.weight(s) for s in shapes]
         override = helper.make_tensor_value_info(w[0], TensorProto.FLOAT, list(shapes[0]))
         original = _model(b, [mlp(b, "x", w)], [override])
-        fused, nodes, skipped = _fuse(original)
+        fused, nodes, skipped = fuse_proto(original)
         assert len(nodes) == int(fuses), (mlp, skipped)
         if not fuses:
             assert "caller may override" in skipped[0].reason
@@ -97,7 +82,7 @@ def test_gemm_weight_a_caller_may_override_is_not_fused_but_a_matmul_one_is() ->
 def test_gemm_weights_that_are_transposes_are_a_near_miss_with_that_reason() -> None:
     b = Builder()
     w = [b.op("Transpose", [b.weight(s)], perm=[1, 0]) for s in [(D, D_FF), (D, D_FF), (D_FF, D)]]
-    _, nodes, skipped = _fuse(_model(b, [_gemm_mlp(b, "x", w)]))
+    _, nodes, skipped = fuse_proto(_model(b, [_gemm_mlp(b, "x", w)]))
     assert nodes == [] and "is not an initializer or Constant" in skipped[0].reason
 
 
@@ -108,7 +93,7 @@ def test_fused_node_without_type_annotations_gets_its_type_from_the_weights() ->
     b = Builder()
     w = [b.op("Transpose", [b.weight(s)], perm=[1, 0]) for s in [(D_FF, D), (D_FF, D), (D, D_FF)]]
     original = _model(b, [b.op("Relu", [_matmul_mlp(b, b.op("Add", ["x", "x"]), w)])])
-    fused, nodes, _ = _fuse(original)
+    fused, nodes, _ = fuse_proto(original)
     assert len(nodes) == 1
     (node,) = [n for n in fused.graph.node if n.op_type == "FusedGatedMLP"]
     (info,) = [v for v in fused.graph.value_info if v.name == node.output[0]]
@@ -124,7 +109,7 @@ def test_dead_code_and_unused_optional_outputs_outside_the_match_stay() -> None:
     b.op("Relu", ["x"])  # dead before the rewrite
     b.nodes.append(helper.make_node("Dropout", ["x"], ["dropped", "mask"], name="dropout"))
     original = _model(b, [_matmul_mlp(b, "dropped", w)])
-    fused, nodes, _ = _fuse(original)
+    fused, nodes, _ = fuse_proto(original)
     assert len(nodes) == 1
     before = ir.to_proto(ir.from_proto(original)).graph.node[:2]
     assert [n.SerializeToString() for n in fused.graph.node[:2]] == [n.SerializeToString() for n in before]

@@ -1,4 +1,5 @@
-"""Small models for the plugin tests: exported + fused pairs, and one-node FusedGatedMLP graphs."""
+"""Small models for the plugin tests: one-node FusedGatedMLP graphs, and runs in ORT with the plugin
+(exported + fused pairs: the ``exports`` fixture, tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxfuse.exporters import ExportConfig, export
-from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 from onnxfuse.pipeline import sessions
-
-
-def fused_pair(tmp: Path, model: str, part: str, dtype: str = "float32") -> tuple[Path, Path]:
-    src = tmp / f"{model}-{part}-{dtype}.onnx"
-    export(ExportConfig(model, src, part=part, dtype=dtype))  # type: ignore[arg-type]
-    fused = tmp / f"{model}-{part}-{dtype}-fused.onnx"
-    rewrite(RewriteConfig(src, fused))
-    return src, fused
 
 
 def run_model(path: Path, feeds: dict[str, np.ndarray], options: object = None) -> np.ndarray:

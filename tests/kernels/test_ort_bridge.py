@@ -22,12 +22,13 @@ from onnxfuse.kernels.ort import _abi, _loader, bridge
 from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
-from tests.kernels.plugin_models import fused_pair, op_model, run_model, run_op
+from tests.helpers import Exports
+from tests.kernels.plugin_models import op_model, run_model, run_op
 
 
 @pytest.fixture(scope="module")
-def tiny_mlp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return fused_pair(tmp_path_factory.mktemp("bridge"), "tiny", "mlp")
+def tiny_mlp(exports: Exports) -> tuple[Path, Path]:
+    return exports.fused_pair("tiny", "mlp")
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +39,8 @@ def _restore_kernel():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_triton_backend_matches_the_original_graph_for_tiny(tmp_path: Path, dtype: str) -> None:
-    src, fused = fused_pair(tmp_path, "tiny", "full", dtype)
+def test_triton_backend_matches_the_original_graph_for_tiny(exports: Exports, dtype: str) -> None:
+    src, fused = exports.fused_pair("tiny", "full", dtype)
     info = sessions.model_info(fused)
     assert len(info.fused_nodes) == 2
     options = plugin.session_options(backend="triton")

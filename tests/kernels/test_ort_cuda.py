@@ -4,8 +4,6 @@ skipped cleanly elsewhere."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from onnx import TensorProto
@@ -14,7 +12,8 @@ from onnxfuse.kernels import ort as plugin
 from onnxfuse.kernels.ort import bridge
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
-from tests.kernels.plugin_models import fused_pair, op_model
+from tests.helpers import Exports
+from tests.kernels.plugin_models import op_model
 
 pytestmark = pytest.mark.gpu
 
@@ -28,8 +27,8 @@ def _cuda_provider() -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_cuda_plugin_matches_the_original_graph(tmp_path: Path, dtype: str) -> None:
-    src, fused = fused_pair(tmp_path, "tiny", "full", dtype)
+def test_cuda_plugin_matches_the_original_graph(exports: Exports, dtype: str) -> None:
+    src, fused = exports.fused_pair("tiny", "full", dtype)
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 16)
     want = sessions.session(src, device="cuda").run(None, feeds)[0]
     sess = sessions.session(fused, device="cuda", options=plugin.session_options(device="cuda"))
@@ -65,8 +64,8 @@ def test_cuda_plugin_bf16_op_matches_the_reference() -> None:
     assert compare("Y", y, ref.numpy(), limit=tolerance("bfloat16")).passed
 
 
-def test_cuda_raising_kernel_is_an_ort_error_and_the_next_run_works(tmp_path: Path) -> None:
-    src, fused = fused_pair(tmp_path, "tiny", "mlp")
+def test_cuda_raising_kernel_is_an_ort_error_and_the_next_run_works(exports: Exports) -> None:
+    src, fused = exports.fused_pair("tiny", "mlp")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 1, 4)
     sess = sessions.session(fused, device="cuda", options=plugin.session_options(device="cuda"))
 

@@ -15,7 +15,8 @@ from onnxfuse.kernels.ort import bridge
 from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
 from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import sessions
-from tests.kernels.plugin_models import fused_pair, op_model, run_model, run_op
+from tests.helpers import Exports
+from tests.kernels.plugin_models import op_model, run_model, run_op
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,8 +24,8 @@ def library() -> Path:
     return plugin.library_path()  # the package's install built it (setup.py); no fallback here
 
 
-def test_the_plugin_kernel_runs_not_the_function_body(tmp_path: Path) -> None:
-    src, fused = fused_pair(tmp_path, "tiny", "mlp")
+def test_the_plugin_kernel_runs_not_the_function_body(exports: Exports) -> None:
+    src, fused = exports.fused_pair("tiny", "mlp")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 5)
     plain = run_model(fused, feeds)
     shifted = run_model(fused, feeds, plugin.session_options(cpu_kernel="matmul", debug_offset=1.0))
@@ -37,8 +38,8 @@ def test_the_plugin_kernel_runs_not_the_function_body(tmp_path: Path) -> None:
     *((m, p, k) for m, p in (("tiny", "mlp"), ("tiny", "full"), ("tiny-bias", "full"), ("tiny-gemma", "mlp"))
       for k in ("matmul", "naive")),
     ("seed", "mlp", "matmul"), ("seed", "full", "matmul")])
-def test_plugin_matches_the_original_graph_fp32(tmp_path: Path, model: str, part: str, cpu_kernel: str) -> None:
-    src, fused = fused_pair(tmp_path, model, part)
+def test_plugin_matches_the_original_graph_fp32(exports: Exports, model: str, part: str, cpu_kernel: str) -> None:
+    src, fused = exports.fused_pair(model, part)
     for batch, seq in ((2, 16), (1, 37)):
         feeds, _ = sessions.make_inputs(sessions.model_info(src), batch, seq)
         got = run_model(fused, feeds, plugin.session_options(cpu_kernel=cpu_kernel))
@@ -46,15 +47,15 @@ def test_plugin_matches_the_original_graph_fp32(tmp_path: Path, model: str, part
         assert c.passed, c.detail
 
 
-def test_plugin_matches_the_original_graph_fp16(tmp_path: Path) -> None:
-    src, fused = fused_pair(tmp_path, "tiny", "full", "float16")
+def test_plugin_matches_the_original_graph_fp16(exports: Exports) -> None:
+    src, fused = exports.fused_pair("tiny", "full", "float16")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 16)
     got = run_model(fused, feeds, plugin.session_options(cpu_kernel="matmul"))
     assert compare("logits", got, run_model(src, feeds), limit=tolerance("float16")).passed
 
 
-def test_cpu_default_leaves_nodes_to_their_function_body(tmp_path: Path) -> None:
-    src, fused = fused_pair(tmp_path, "tiny", "mlp")
+def test_cpu_default_leaves_nodes_to_their_function_body(exports: Exports) -> None:
+    src, fused = exports.fused_pair("tiny", "mlp")
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 2, 5)
     # A debug offset would show if the plugin kernel ran: with the CPU default it must not.
     got = run_model(fused, feeds, plugin.session_options(debug_offset=1.0))
@@ -104,7 +105,7 @@ def test_missing_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_broken_library_is_a_clear_error_and_the_function_body_still_runs(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, exports: Exports) -> None:
     from onnxfuse.errors import UnsupportedError
     from tests.conftest import run_cli
 
@@ -113,7 +114,7 @@ def test_broken_library_is_a_clear_error_and_the_function_body_still_runs(
     monkeypatch.setenv("ONNXFUSE_ORT_LIBRARY", str(broken))
     with pytest.raises(UnsupportedError, match="ONNX Runtime cannot load the onnxfuse plugin"):
         plugin.session_options()
-    src, fused = fused_pair(tmp_path, "tiny", "mlp")
+    src, fused = exports.fused_pair("tiny", "mlp")
     proc = run_cli(["parity", str(src), str(fused)])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cannot load the onnxfuse plugin" in proc.stderr

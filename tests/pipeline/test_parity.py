@@ -10,17 +10,13 @@ import onnx_ir as ir
 import pytest
 
 import onnxfuse
-from onnxfuse.exporters import ExportConfig, export
-from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 from tests.conftest import run_cli
+from tests.helpers import Exports
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("parity")
-    export(ExportConfig("tiny", folder / "tiny.onnx"))
-    rewrite(RewriteConfig(folder / "tiny.onnx", folder / "fused.onnx"))
-    return folder / "tiny.onnx", folder / "fused.onnx"
+def pair(exports: Exports) -> tuple[Path, Path]:
+    return exports.fused_pair("tiny")
 
 
 def _plant_fault(fused: Path, out: Path, node_name: str) -> None:

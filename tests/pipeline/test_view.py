@@ -3,8 +3,6 @@ must draw the FusedGatedMLP node. Fails (does not skip) in CI when Chromium is m
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,28 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from onnxfuse.exporters import ExportConfig, export
-from onnxfuse.graph_rewrites import RewriteConfig, rewrite
-
-
-def _need_browser() -> None:
-    if shutil.which("chromium") and shutil.which("chromedriver"):
-        return
-    if os.environ.get("CI"):
-        pytest.fail("CI must have chromium and chromedriver (.ci/run installs them)")
-    pytest.skip("chromium/chromedriver not installed")
+from tests.helpers import Exports, need_browser
 
 
 @pytest.fixture(scope="module")
-def fused_mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("view")
-    export(ExportConfig("tiny", folder / "mlp.onnx", part="mlp"))
-    rewrite(RewriteConfig(folder / "mlp.onnx", folder / "fused.onnx"))
-    return folder / "fused.onnx"
+def fused_mlp(exports: Exports) -> Path:
+    return exports.fused_pair("tiny", "mlp")[1]
 
 
 def test_view_serves_and_chromium_draws_the_fused_node(fused_mlp: Path, tmp_path: Path) -> None:
-    _need_browser()
+    need_browser()
     from selenium.webdriver.common.by import By
 
     from onnxfuse.pipeline.view import _driver, free_port
@@ -67,7 +53,7 @@ def test_view_serves_and_chromium_draws_the_fused_node(fused_mlp: Path, tmp_path
 
 
 def test_snapshot_command_writes_a_png(fused_mlp: Path, tmp_path: Path) -> None:
-    _need_browser()
+    need_browser()
     out = tmp_path / "snap.png"
     proc = subprocess.run([sys.executable, "-m", "onnxfuse.pipeline.cli", "snapshot", str(fused_mlp),
                            "-o", str(out), "--expect", "FusedGatedMLP", "-q"], capture_output=True,

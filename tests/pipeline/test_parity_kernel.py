@@ -106,3 +106,28 @@ def test_a_session_that_runs_no_kernel_fails_loudly(mislabelled: tuple[Path, Pat
     err = capsys.readouterr().err
     assert "should have run the plugin cpu matmul kernel 2 time(s), but onnxfuse_kernel_runs(matmul) counted 0" in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_fused_nodes_inside_subgraphs_make_the_count_a_lower_bound(tmp_path: Path) -> None:
+    """A fused node in an If branch runs 0..n times per run: the counter can only be checked
+    as a lower bound (``exact`` false), not as an equality that a taken branch would break."""
+    model = ir.from_proto(gated_mlp(form="silu"))
+    fuse_model(model)
+    fused = ir.to_proto(model)
+    shape: list[int | str] = ["batch", "seq", 8]
+    then = onnx.helper.make_graph(list(fused.graph.node), "then", [], [
+        onnx.helper.make_tensor_value_info(fused.graph.output[0].name, onnx.TensorProto.FLOAT, shape)])
+    other = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                                   [onnx.helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, shape)])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other, name="if0")], "g",
+        [*fused.graph.input, onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)], list(fused.graph.initializer))
+    path = tmp_path / "nested.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=list(fused.opset_import), ir_version=10,
+                                     functions=list(fused.functions)), path)
+    info = sessions.model_info(path)
+    assert (info.fused_nodes, info.nested_fused) == ((), 1)
+    result = parity(ParityConfig(path, path))
+    assert result.passed and result.kernel_runs is not None and not result.kernel_runs.exact
+    assert result.kernel_runs.expected == 0 and result.kernel_runs.counted == 2  # the branch ran twice

@@ -23,7 +23,7 @@ from tests.graph_rewrites.test_properties import FUSING_FORMS
 _DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
 # The shapes are graphs.py's (d=8, d_ff=12) at batch 2 x seq 5: small enough for the Triton
 # interpreter (about 0.1 s a launch).
-_KERNELS = {"plugin cpu matmul": dict(cpu_kernel="matmul"), "triton (interpreter)": dict(backend="triton")}
+_KERNELS: dict[str, dict[str, Any]] = {"plugin cpu matmul": dict(cpu_kernel="matmul"), "triton (interpreter)": dict(backend="triton")}
 
 
 def _run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], options: Any = None) -> list[np.ndarray]:
@@ -34,7 +34,7 @@ def _run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], options: Any = N
 
 
 def test_every_fusing_form_is_in_the_list() -> None:
-    assert set(FUSING_FORMS) <= {kw["form"] for kw in FUSING}
+    assert set(FUSING_FORMS) <= {kw["form"] for kw in FUSING}  # type: ignore[index]
 
 
 @pytest.mark.parametrize("kernel", list(_KERNELS))

@@ -30,6 +30,7 @@ from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, Option, ParityCon
 if TYPE_CHECKING:
     from onnxfuse.exporters import ExportConfig
     from onnxfuse.graph_rewrites import RewriteConfig
+    from onnxfuse.pipeline.parity import ParityResult
 
 __all__ = ["main"]
 
@@ -144,12 +145,23 @@ def _run_parity(config: ParityConfig) -> int:
         nan = f" NaN/Inf differ ({c.nan_mismatches}/{c.inf_mismatches})" if c.nan_mismatches or c.inf_mismatches else ""
         print(f"{c.name:<34s} {c.max_abs:9.2e} {c.max_rel:9.2e} {c.rel_l2:9.2e} {c.cosine:9.6f} "
               f"{c.limit:7.0e}  {'ok' if c.passed else 'FAIL'}{nan}")
+    print(_fmt_implementation(result))
     if result.passed:
         print("parity: passed")
         return 0
     where = f"; first divergent fused node: {result.first_divergent}" if result.first_divergent else ""
     sys.stderr.write(f"onnxfuse parity: failed{where}\n")
     return 1
+
+
+def _fmt_implementation(result: ParityResult) -> str:
+    """Which implementation ran the fused nodes, and the counter that proves it."""
+    nodes = ", ".join(result.fused_nodes) or "none"
+    runs = result.kernel_runs
+    if runs is None:
+        return f"fused nodes ({nodes}) ran on: {result.implementation} (ORT's own kernels; no plugin kernel counted)"
+    return (f"fused nodes ({nodes}) ran on: {result.implementation} ({runs.counter}: {runs.counted} kernel runs "
+            f"{'=' if runs.exact else '>='} {runs.nodes} node(s) x {runs.session_runs} run(s))")
 
 
 def _run_bench(config: BenchConfig) -> int:
@@ -296,7 +308,10 @@ _COMMANDS = {
         "disabled) and, where the model records its source, torch eager, on the same seeded "
         "inputs at two shapes (BATCHxSEQ and 1x37). Per output: max abs, max rel, rel L2, "
         "cosine, NaN/Inf agreement, pass/fail against the tolerance table. On a failure the "
-        "first fused node that diverges is named. Exit 1 on failure.",
+        "first fused node that diverges is named. Exit 1 on failure. The fused nodes run a "
+        "kernel of the plugin (on CPU its native one) unless --backend none (their function "
+        "bodies: the original nodes); the output names it, and the plugin's count of kernel "
+        "runs must equal fused nodes x runs, else exit 3.",
         _run_parity, lambda: ParityConfig,
         triton_on_cpu=lambda c: c.backend == "triton" and c.device == "cpu"),
     "bench": _Command(

@@ -45,6 +45,15 @@ _BACKEND_HELP = ("default (the plugin's default kernel; on CPU, ORT's own kernel
                  "function body, see docs/kernels.md), triton (the plugin's Triton kernels; on "
                  "CPU, the Triton interpreter: small shapes only, slow) or none (plain ORT, no "
                  "plugin)")
+# Parity runs a kernel, never the function body under the default (which IS the original
+# nodes: comparing it with the original proves nothing): see onnxfuse.pipeline.parity.
+_PARITY_BACKEND_HELP = ("default (the plugin's kernel: on CPU its exact native kernel, ORT's MatMul "
+                        "invoked by the plugin, not bench's default of function bodies; on CUDA the "
+                        "Triton kernel), triton (the plugin's Triton kernels; on CPU, the Triton "
+                        "interpreter: small shapes only, slow) or none (plain ORT, no plugin: the "
+                        "function bodies, i.e. the original nodes; checks the rewritten graph, not a "
+                        "kernel). The report names what ran the fused nodes, with the plugin's "
+                        "count of kernel runs")
 _DEVICE_HELP = "ORT execution provider (cuda needs onnxruntime-gpu and a GPU)"
 
 
@@ -131,7 +140,9 @@ class ParityConfig:
 
     Attributes:
         device: ORT's execution provider, ``cpu`` or ``cuda``.
-        backend: how the fused graph's nodes run (:data:`BACKENDS`).
+        backend: how the fused graph's nodes run (:data:`BACKENDS`); ``default`` runs the
+            plugin's kernel (on CPU its native ``matmul`` kernel, see
+            :data:`onnxfuse.pipeline.parity.CPU_KERNEL`), ``none`` the function bodies.
         batch, seq: the first shape.
         seed: seeds the inputs of models that do not record their source.
         rel_l2: per-output ceilings overriding the tolerance table.
@@ -144,7 +155,7 @@ class ParityConfig:
     original: Path = field(metadata=cli(positional=True, metavar="ORIGINAL.onnx", help="the unfused model"))
     fused: Path = field(metadata=cli(positional=True, metavar="FUSED.onnx", help="the fused model"))
     device: Device = field(default="cpu", metadata=cli(help=_DEVICE_HELP))
-    backend: Backend = field(default="default", metadata=cli(help=f"how the fused nodes run: {_BACKEND_HELP}"))
+    backend: Backend = field(default="default", metadata=cli(help=f"how the fused nodes run: {_PARITY_BACKEND_HELP}"))
     batch: int = field(default=2, metadata=cli(parse=positive_int, help="first shape's batch"))
     seq: int = field(default=16, metadata=cli(parse=positive_int, help="first shape's sequence length"))
     seed: int = field(default=0, metadata=cli(help="seeds the inputs"))

@@ -1,7 +1,8 @@
 """``onnxfuse demo``: the main job end to end on one model, with a report.
 
-build → export (full model and isolated MLP) → rewrite → parity (original vs fused vs torch)
-→ the Triton kernel on the fused MLP's own weights (interpreter on CPU) → bench → report
+build → export (full model and isolated MLP) → rewrite → parity (original vs fused vs torch,
+the fused nodes on the plugin's native CPU kernel, counted) → the Triton kernel on the fused
+MLP's own weights (interpreter on CPU) → bench (the plugin's CPU default) → report
 (``report.json``, ``report.html``, PNGs) in ``OUT``. With a real checkpoint (``smollm2``),
 also greedy generation from the fused ONNX model in ORT against torch.
 """
@@ -29,7 +30,7 @@ from onnxfuse.pipeline import report as report_mod
 from onnxfuse.pipeline import sessions
 from onnxfuse.pipeline.bench import bench
 from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, ParityConfig
-from onnxfuse.pipeline.parity import parity
+from onnxfuse.pipeline.parity import CPU_KERNEL, ParityResult, parity
 
 __all__ = ["DemoConfig", "DemoResult", "greedy_generation", "run_demo"]
 
@@ -56,6 +57,7 @@ def _triton_check(mlp: Path, fused: Path) -> dict[str, Any]:
     from onnxfuse.kernels.ort import bridge
 
     factory = sessions.plugin_options("triton", "cpu")
+    impl = sessions.implementation("triton", "cpu")
     info = sessions.model_info(mlp)
     feeds, _ = sessions.make_inputs(info, 1, _TRITON_TOKENS)
     (want,) = sessions.session(mlp).run(None, feeds)
@@ -67,7 +69,7 @@ def _triton_check(mlp: Path, fused: Path) -> dict[str, Any]:
     c = compare("ORT + triton backend vs original", got, want, limit=tolerance("float32"))
     launches = bridge.calls() - before
     return {"tokens": _TRITON_TOKENS, "rel_l2": c.rel_l2, "passed": c.passed and launches == len(sessions.model_info(fused).fused_nodes),
-            "seconds": seconds, "kernel_calls": launches,
+            "seconds": seconds, "kernel_calls": launches, "implementation": impl.name,
             "mode": "interpreter" if interpreting() else "compiled"}
 
 
@@ -138,14 +140,14 @@ def run_demo(config: DemoConfig) -> DemoResult:
         _annotate_parity(fused, p)
         worst_p = max(c.rel_l2 for c in p.outputs)
         worst_t = max((c.rel_l2 for c in p.torch), default=float("nan"))
-        _step(summary, f"parity {part}", f"fused [{backend}] vs original rel L2 {worst_p:.2e}; vs torch "
+        _step(summary, f"parity {part}", f"fused [{_ran(p)}] vs original rel L2 {worst_p:.2e}; vs torch "
               f"{worst_t:.2e}", p.passed)
         data[f"export_{part}"] = r.as_dict()
         data[f"rewrite_{part}"] = rw.as_dict()
         data[f"parity_{part}"] = p.as_dict()
     if backend == "default":
         tri = _triton_check(*paths["mlp"])
-        _step(summary, "triton backend", f"ORT → plugin → Triton ({tri['mode']}), {tri['tokens']} tokens, "
+        _step(summary, "triton backend", f"ORT → plugin → {tri['implementation']}, {tri['tokens']} tokens, "
               f"{tri['kernel_calls']} kernel call(s), rel L2 vs original {tri['rel_l2']:.2e}", tri["passed"])
         data["triton"] = tri
     b = bench(BenchConfig(*paths["mlp"], batch=2, seq=1024 if config.model == "seed" else 64,
@@ -157,13 +159,19 @@ def run_demo(config: DemoConfig) -> DemoResult:
         _step(summary, "generation", f"{len(g['onnx_tokens'])} greedy tokens, identical to torch: {g['identical']}: "
               f"{g['text']!r}", g["identical"])
         data["generation"] = g
-    images = _images(out, paths, b, summary)
+    images = _images(out, paths, b, summary, backend)
     data["summary"] = summary
     data["seconds"] = time.perf_counter() - start
     write_report(out / "report.json", data)
     report_mod.write_html(data, images, out / "report.html")
     _print_summary(summary, out, data["seconds"])
     return DemoResult(out, all(s["ok"] for s in summary), tuple(summary))
+
+
+def _ran(result: ParityResult) -> str:
+    """What ran the fused nodes, with the plugin's count of kernel runs."""
+    runs = result.kernel_runs
+    return result.implementation + (f", {runs.counted} kernel runs counted" if runs else "")
 
 
 def _annotate_parity(fused: Path, result: Any) -> None:
@@ -190,17 +198,21 @@ def _annotate_parity(fused: Path, result: Any) -> None:
         onnx.save(model, os.fspath(tmp))
 
 
-def _images(out: Path, paths: dict[str, tuple[Path, Path]], b: Any, summary: list[dict[str, Any]]) -> dict[str, str]:
+def _images(out: Path, paths: dict[str, tuple[Path, Path]], b: Any, summary: list[dict[str, Any]],
+            backend: str) -> dict[str, str]:
     images: dict[str, str] = {}
     diffs = {}
+    # The fused graph as parity ran it: its function bodies would give a histogram of zeros.
+    factory = sessions.plugin_options(backend, "cpu", cpu_kernel=CPU_KERNEL)
+    impl = sessions.implementation(backend, "cpu", CPU_KERNEL)
     for part, (original, fused) in paths.items():
         info = sessions.model_info(original)
         feeds, _ = sessions.make_inputs(info, 1, 37)
         (a,) = sessions.session(original).run(None, feeds)[:1]
-        (f,) = sessions.session(fused).run(None, feeds)[:1]
+        (f,) = sessions.session(fused, options=factory() if factory else None).run(None, feeds)[:1]
         diffs[f"{part} ({info.outputs[0]})"] = f.astype(np.float64) - a.astype(np.float64)
     report_mod.error_histogram(diffs, out / "errors.png")
-    images["Error histogram: fused vs original graph (batch 1 × seq 37)"] = "errors.png"
+    images[f"Error histogram: fused ({impl.name}) vs original graph (batch 1 × seq 37)"] = "errors.png"
     report_mod.timing_bars(b.cases, out / "timing.png", "Isolated MLP: unfused vs fused vs torch eager")
     images["Timing of the isolated MLP (median with p20–p80)"] = "timing.png"
     from onnxfuse.pipeline.view import snapshot

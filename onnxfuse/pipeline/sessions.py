@@ -19,7 +19,8 @@ from onnxfuse.errors import InvalidModelError, UnsupportedError, UserError, firs
 from onnxfuse.modelfile import read_model
 from onnxfuse.pipeline.configs import BACKENDS, DEVICES
 
-__all__ = ["BACKENDS", "ModelInfo", "make_inputs", "model_info", "plugin_options", "run", "session"]
+__all__ = ["BACKENDS", "Implementation", "ModelInfo", "implementation", "make_inputs", "model_info",
+           "plugin_options", "run", "session"]
 
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -32,8 +33,9 @@ class ModelInfo:
     inputs: tuple[tuple[str, int, tuple[int | str, ...]], ...]  # name, elem type, dims
     outputs: tuple[str, ...]
     metadata: dict[str, str]
-    fused_nodes: tuple[str, ...]  # names of the fused-op nodes (ops.is_fused)
+    fused_nodes: tuple[str, ...]  # names of the fused-op nodes (ops.is_fused) of the main graph
     fused_outputs: tuple[str, ...]  # their output value names
+    nested_fused: int = 0  # fused-op nodes inside subgraphs (If / Loop / Scan bodies)
 
     @property
     def source(self) -> str | None:
@@ -55,7 +57,17 @@ def model_info(path: str | os.PathLike[str]) -> ModelInfo:
     fused = [n for n in header.graph.node if ops.is_fused(n)]
     return ModelInfo(p, inputs, tuple(o.name for o in header.graph.output),
                      {m.key: m.value for m in header.metadata_props},
-                     tuple(n.name for n in fused), tuple(n.output[0] for n in fused))
+                     tuple(n.name for n in fused), tuple(n.output[0] for n in fused),
+                     sum(_fused_in(g) for n in header.graph.node for g in _subgraphs(n)))
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)]
+
+
+def _fused_in(graph: onnx.GraphProto) -> int:
+    """Fused-op nodes in ``graph`` and its subgraphs, at any depth."""
+    return sum(ops.is_fused(n) + sum(_fused_in(g) for g in _subgraphs(n)) for n in graph.node)
 
 
 def session(path: str | os.PathLike[str], *, device: str = "cpu", optimize: bool = False,
@@ -109,24 +121,84 @@ def _preload_cuda_libraries() -> None:
             preload()
 
 
-def plugin_options(backend: str, device: str = "cpu") -> Callable[[], Any] | None:
-    """A factory of session options that run a fused graph's nodes on ``backend``: ``None``
-    for ``none`` (plain ORT: the nodes' function bodies), else the plugin registered with that
-    backend (:func:`onnxfuse.kernels.ort.session_options`).
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """What runs a fused graph's nodes in a session, and the plugin's counter that proves it.
+
+    Attributes:
+        name: for reports: ``plugin cpu matmul`` (or ``naive``: the library's native CPU
+            kernels), ``triton (interpreter)`` / ``triton (compiled)`` (the bridge's Triton
+            kernel), or ``function body`` (ORT's own kernels through the node's model-local
+            function, i.e. the original nodes).
+        kernel: the library's kernel (``matmul``, ``naive``, ``triton``); ``None``: none.
+    """
+
+    name: str
+    kernel: str | None
+
+    @property
+    def counter(self) -> str | None:
+        """What :meth:`runs` reads; ``None`` for the function body, which nothing counts."""
+        if self.kernel is None:
+            return None
+        return "bridge.calls()" if self.kernel == "triton" else f"onnxfuse_kernel_runs({self.kernel})"
+
+    def runs(self) -> int:
+        """The counter's process-wide total now (take differences around runs): the library's
+        runs of a native kernel, or the Triton launches the bridge completed; 0 for the
+        function body."""
+        if self.kernel is None:
+            return 0
+        from onnxfuse.kernels.ort import bridge
+
+        return bridge.calls() if self.kernel == "triton" else bridge.kernel_runs(self.kernel)
+
+
+def implementation(backend: str, device: str = "cpu", cpu_kernel: str = "off") -> Implementation:
+    """What runs the fused nodes of a session made with :func:`plugin_options` of the same
+    arguments.
 
     Raises:
-        UserError: an unknown backend; UnsupportedError: the plugin is not built.
+        UserError: an unknown backend, device or CPU kernel.
     """
+    _check(backend, device)
+    if backend == "none":
+        return Implementation("function body", None)
+    from onnxfuse.kernels import interpreting
+    from onnxfuse.kernels import ort as plugin
+
+    kernel = plugin.selected_kernel(backend=backend, device=device, cpu_kernel=cpu_kernel)
+    if kernel is None:
+        return Implementation("function body", None)
+    if kernel == "triton":
+        return Implementation(f"triton ({'interpreter' if interpreting() else 'compiled'})", kernel)
+    return Implementation(f"plugin {device} {kernel}", kernel)
+
+
+def _check(backend: str, device: str) -> None:
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+
+
+def plugin_options(backend: str, device: str = "cpu", cpu_kernel: str = "off") -> Callable[[], Any] | None:
+    """A factory of session options that run a fused graph's nodes on ``backend``: ``None``
+    for ``none`` (plain ORT: the nodes' function bodies), else the plugin registered with that
+    backend and, for the default backend on CPU, ``cpu_kernel``
+    (:func:`onnxfuse.kernels.ort.session_options`; its default ``off`` leaves CPU nodes to
+    their function bodies). :func:`implementation` says what runs.
+
+    Raises:
+        UserError: an unknown backend; UnsupportedError: the plugin is not built.
+    """
+    _check(backend, device)
     if backend == "none":
         return None
     from onnxfuse.kernels import ort as plugin
 
     plugin.library_path()  # a clear error now if the plugin is not built
-    return functools.partial(plugin.session_options, backend=backend, device=device)
+    return functools.partial(plugin.session_options, backend=backend, device=device, cpu_kernel=cpu_kernel)
 
 
 def run(sess: Any, feeds: dict[str, np.ndarray], path: str | os.PathLike[str]) -> list[Any]:

@@ -29,6 +29,11 @@ def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
                  "parity mlp", "triton backend", "bench mlp"):
         assert steps[step]["ok"], steps[step]
     assert report["triton"]["mode"] == "interpreter" and report["triton"]["passed"]
+    # Parity ran the plugin's native CPU kernel on every fused node (counted), not the function bodies.
+    parity_mlp = json.loads((out / "parity-mlp.json").read_text())
+    assert parity_mlp["implementation"] == "plugin cpu matmul" and "plugin cpu matmul" in steps["parity full"]["result"]
+    assert parity_mlp["kernel_runs"]["counted"] == parity_mlp["kernel_runs"]["expected"] > 0
+    assert report["triton"]["implementation"] == "triton (interpreter)"
     assert "report:" in proc.stdout and "triton backend" in proc.stdout
     # Fused nodes carry their parity figures (Netron shows node metadata).
     import onnx

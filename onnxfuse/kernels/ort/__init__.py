@@ -29,7 +29,7 @@ from onnxfuse.kernels.ort import _abi, _build, _loader
 from onnxfuse.kernels.ort._build import LIBRARY_NAME
 from onnxfuse.kernels.ort._loader import REBUILD, library_path
 
-__all__ = ["LIBRARY_NAME", "build", "library_path", "session_options"]
+__all__ = ["LIBRARY_NAME", "build", "library_path", "selected_kernel", "session_options"]
 
 CPU_KERNELS = ("off", "matmul", "naive")
 BACKENDS = ("default", "triton")
@@ -91,6 +91,26 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
                                f"rebuild it ({REBUILD}) or run without it "
                                "(--backend none: fused models run their function bodies)") from e
     return so
+
+
+def selected_kernel(*, backend: str = "default", device: str = "cpu", cpu_kernel: str = "off") -> str | None:
+    """Which of the library's kernels runs the fused nodes of a session whose options
+    :func:`session_options` made with these settings, as ``RegisterCustomOps`` decides it
+    (plugin.cc, ``ReadConfig``): ``triton`` on CUDA or with the triton backend, else
+    ``cpu_kernel`` (``matmul``, ``naive``), or ``None`` for ``off`` (the library registers
+    nothing and ORT runs the nodes' function bodies). The name is the one
+    :func:`onnxfuse.kernels.ort.bridge.kernel_runs` counts.
+
+    Raises:
+        UserError: a bad value (it names the value and the choices).
+    """
+    for name, value, choices in (("backend", backend, BACKENDS), ("device", device, DEVICES),
+                                 ("cpu_kernel", cpu_kernel, CPU_KERNELS)):
+        if value not in choices:
+            raise UserError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+    if backend == "triton" or device == "cuda":
+        return "triton"
+    return None if cpu_kernel == "off" else cpu_kernel
 
 
 def _prepare_triton(device: str) -> None:

@@ -25,18 +25,21 @@ T = TypeVar("T")
 
 # ------------------------------------------------------------------------------ ORT
 
-def ort_session(model: onnx.ModelProto | str | os.PathLike[str]) -> ort.InferenceSession:
+def ort_session(model: onnx.ModelProto | str | os.PathLike[str],
+                options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """A CPU session with every graph optimization off: ORT's own fusions would otherwise
     rewrite the graph under test. One thread (two xdist workers share two cores); warnings
     off (every session of a graph with overridable initializers warns).
 
     Args:
         model: a model proto, or the path of a model file (its external data beside it).
+        options: session options to start from (the plugin's, say); optimizations are
+            turned off in them too.
     """
     import onnx
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = options or ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
@@ -44,9 +47,10 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike[str]) -> ort.Inferenc
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def ort_run(model: onnx.ModelProto | str | os.PathLike[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def ort_run(model: onnx.ModelProto | str | os.PathLike[str], feeds: dict[str, np.ndarray],
+            options: ort.SessionOptions | None = None) -> list[np.ndarray]:
     """Every output of ``model`` on ``feeds``, in a session of :func:`ort_session`."""
-    return ort_session(model).run(None, feeds)
+    return ort_session(model, options).run(None, feeds)
 
 
 # ------------------------------------------------------------------------------ rewrites

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
@@ -19,18 +16,13 @@ from onnxfuse.pipeline import sessions
 from tests.graph_rewrites.graphs import feeds, gated_mlp
 from tests.graph_rewrites.test_fusion_forms import FUSING
 from tests.graph_rewrites.test_properties import FUSING_FORMS
+from tests.helpers import ort_run
 
 _DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
 # The shapes are graphs.py's (d=8, d_ff=12) at batch 2 x seq 5: small enough for the Triton
 # interpreter (about 0.1 s a launch).
 _KERNELS: dict[str, dict[str, Any]] = {"plugin cpu matmul": dict(cpu_kernel="matmul"), "triton (interpreter)": dict(backend="triton")}
 
-
-def _run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], options: Any = None) -> list[np.ndarray]:
-    so = options or ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, inputs)  # type: ignore[no-any-return]
 
 
 def test_every_fusing_form_is_in_the_list() -> None:
@@ -49,9 +41,9 @@ def test_the_plugin_kernel_runs_every_form_within_tolerance(kw: dict[str, Any], 
     impl = sessions.implementation(settings.get("backend", "default"), "cpu", settings.get("cpu_kernel", "off"))
     assert impl.name == kernel
     inputs = feeds(original)
-    want = _run(original, inputs)
+    want = ort_run(original, inputs)
     before = impl.runs()
-    got = _run(fused, inputs, plugin.session_options(**settings))
+    got = ort_run(fused, inputs, plugin.session_options(**settings))
     assert impl.runs() - before == len(fused_nodes)  # each fused node ran the kernel once
     limit = tolerance(_DTYPES[kw.get("dtype", TensorProto.FLOAT)])  # type: ignore[arg-type]
     for name, g, w in zip([o.name for o in original.graph.output], got, want, strict=True):

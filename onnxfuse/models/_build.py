@@ -175,7 +175,8 @@ def load_causal_lm(model: str | os.PathLike[str] | ModelSource, *, seed: int = 0
 
 
 def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else getattr(model, "model", None)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not all(hasattr(layer, "mlp") for layer in layers):
         raise UserError(
@@ -218,7 +219,9 @@ def build(
     source, lm, default_batch, default_seq = load_causal_lm(model, seed=seed)
     name = source.name
     lm = lm.to(TORCH_DTYPES[dtype])
-    vocab = int(lm.config.vocab_size)
+    # A transformers config, typed as Exportable.config is: its fields depend on the family.
+    config: Any = lm.config
+    vocab = int(config.vocab_size)
     full = CausalLMWrapper(lm).eval()
     layers = _decoder_layers(lm)
     b, s = batch or default_batch, seq or default_seq
@@ -230,11 +233,11 @@ def build(
 
     if part == "full":
         return Exportable(name, full, dtype, ("input_ids", "attention_mask"), ("logits",),
-                          b, s, token_inputs, lm.config, len(layers))
+                          b, s, token_inputs, config, len(layers))
 
     if not -len(layers) <= mlp_layer < len(layers):
         raise UserError(f"mlp_layer {mlp_layer} is out of range: {name} has {len(layers)} layers")
-    mlp = layers[mlp_layer].mlp
+    mlp = layers[mlp_layer].get_submodule("mlp")
 
     def captured_hidden_states(bb: int, ss: int) -> tuple[torch.Tensor, ...]:
         seen: list[torch.Tensor] = []
@@ -251,4 +254,4 @@ def build(
         return (seen[0],)
 
     return Exportable(f"{name}/mlp", MLPWrapper(mlp).eval(), dtype, ("hidden_states",),
-                      ("output",), b, s, captured_hidden_states, lm.config, 1)
+                      ("output",), b, s, captured_hidden_states, config, 1)

@@ -28,7 +28,7 @@ def _environ_writes(tree: ast.AST) -> list[tuple[int, str]]:
             if (owner.endswith("environ") and node.func.attr in ("setdefault", "update", "pop")) \
                     or (owner == "os" and node.func.attr == "putenv"):
                 writes.append((node.lineno, ast.unparse(node.args[0]) if node.args else "?"))
-    return writes
+    return sorted(writes)  # ast.walk is breadth-first: a del statement comes before a nested call
 
 
 def test_library_code_never_sets_the_triton_interpreter() -> None:

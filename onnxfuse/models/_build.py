@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import torch
 
-from onnxfuse.errors import UserError
+from onnxfuse.errors import ModelNotFoundError, UserError
 from onnxfuse.models._checkpoints import (
     PACKAGED,
     check_checkpoint,
@@ -165,12 +165,18 @@ def resolve(model: str | os.PathLike[str] | ModelSource) -> ModelSource:
 
 
 def load_causal_lm(model: str | os.PathLike[str] | ModelSource, *, seed: int = 0) -> tuple[ModelSource, torch.nn.Module, int, int]:
-    """Load ``model`` as a float32 causal LM: ``(source, model, example batch, example seq)``."""
+    """Load ``model`` as a float32 causal LM: ``(source, model, example batch, example seq)``.
+
+    Raises:
+        UserError: as :func:`resolve`, or a checkpoint :class:`ModelSource` without a path.
+    """
     source = resolve(model)
     if source.kind == "spec":
         spec = get_spec(source.name)
         return source, _from_spec(spec, seed), spec.batch, spec.seq
-    assert source.path is not None
+    if source.path is None:  # a ModelSource built by hand: resolve() gives checkpoints a path
+        raise ModelNotFoundError(f"model source {source.name!r} ({source.kind}) has no path: "
+                                 "give its checkpoint folder or .gguf file")
     return source, load_pretrained(source.path), _CHECKPOINT_BATCH, _CHECKPOINT_SEQ
 
 

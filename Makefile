@@ -36,6 +36,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check setup.py onnxfuse tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy onnxfuse
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)

@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -21,6 +21,9 @@ from onnxfuse import models
 from onnxfuse.errors import ExportError, ParityError, UnsupportedError, UserError, first_line
 from onnxfuse.fileio import check_output, staged_outputs
 from onnxfuse.numerics import DTYPES, Comparison, DType, compare, tolerance
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 __all__ = [
     "EXPORTERS",
@@ -190,7 +193,7 @@ def _export_torchscript(ex: models.Exportable, path: Path, opset: int | None,
 _MISSING_KERNEL = re.compile(r"implementation for (\w+)\((\d+)\) node with name '([^']*)'")
 
 
-def _session(path: Path) -> object:
+def _session(path: Path) -> InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -220,11 +223,11 @@ def _to_ort_feed(name: str, tensor: torch.Tensor) -> object:
     return ort.OrtValue.ortvalue_from_numpy(tensor.contiguous().numpy())
 
 
-def _ort_outputs(session: object, names: Sequence[str], inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+def _ort_outputs(session: InferenceSession, names: Sequence[str], inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     import ml_dtypes
 
     feed = {n: _to_ort_feed(n, t) for n, t in zip(names, inputs, strict=True)}
-    outs = session.run_with_ort_values(None, feed)  # type: ignore[attr-defined]
+    outs = session.run_with_ort_values(None, feed)
     arrays = []
     for value in outs:
         if value.data_type() == "tensor(bfloat16)":

@@ -73,7 +73,8 @@ class UnfuseResult(ir.passes.PassResult):
 
 
 def _check_opset(model: ir.Model) -> None:
-    for owner in (model, *model.functions.values()):
+    owners: tuple[ir.Model | ir.Function, ...] = (model, *model.functions.values())
+    for owner in owners:
         version = owner.opset_imports.get(ops.DOMAIN, ops.OPSET_VERSION)
         if version != ops.OPSET_VERSION:
             raise UnsupportedError(

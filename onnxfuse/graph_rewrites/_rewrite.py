@@ -57,7 +57,8 @@ def _typed_data_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
     """The tensors stored in a typed field rather than raw data (small, from hand-written or
     old models: exporters write raw data), initializers and attributes, functions included."""
     tensors = [v.const_value for v in model.graph.initializers.values()]
-    for owner in (model.graph, *model.functions.values()):
+    owners: tuple[ir.Graph | ir.Function, ...] = (model.graph, *model.functions.values())
+    for owner in owners:
         for node in ir.traversal.RecursiveGraphIterator(owner):
             for attr in node.attributes.values():
                 if attr.type == ir.AttributeType.TENSOR:
@@ -81,9 +82,10 @@ def _load(path: Path) -> ir.Model:
             # it, in the matcher or at save; onnx.checker finds it too short, not too long.
             tensor.numpy()
     except Exception as e:
-        while e.__cause__ is not None:  # onnx_ir wraps the reason in "Error calling ..."
-            e = e.__cause__  # type: ignore[assignment]
-        first = first_line(e)
+        reason: BaseException = e
+        while reason.__cause__ is not None:  # onnx_ir wraps the reason in "Error calling ..."
+            reason = reason.__cause__
+        first = first_line(reason)
         raise InvalidModelError(f"cannot read {path} as an ONNX model: {first}") from None
     ir.external_data.set_base_dir(model.graph, path.parent)
     return model

@@ -5,6 +5,7 @@ in its rule file and build on these."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import onnx_ir as ir
 
@@ -43,16 +44,18 @@ def _producer_chain_constant(value: ir.Value) -> tuple[bool, tuple[int, ...] | N
         perm = node.attributes.get("perm")
         if perm is not None and list(perm.as_ints()) != [1, 0]:
             return False, None
-        ok, shape = _producer_chain_constant(node.inputs[0])
-        return ok, tuple(reversed(shape)) if ok and shape is not None else None
+        ok, dims = _producer_chain_constant(node.inputs[0])
+        return ok, tuple(reversed(dims)) if ok and dims is not None else None
     return False, None
 
 
-def _dims(shape: object) -> tuple[int, ...] | None:
+def _dims(shape: Iterable[object] | None) -> tuple[int, ...] | None:
+    """The dimensions of ``shape`` if every one is static, else ``None``."""
     if shape is None:
         return None
-    dims = tuple(shape)  # type: ignore[call-overload]
-    return dims if all(isinstance(d, int) for d in dims) else None
+    dims = tuple(shape)
+    static = tuple(d for d in dims if isinstance(d, int))
+    return static if len(static) == len(dims) else None
 
 
 def is_constant(value: ir.Value) -> bool:
@@ -88,6 +91,6 @@ def gemm_attributes_ok(node: ir.Node) -> bool:
     transB = 1), the only Gemm a linear layer exports to."""
     def attr(name: str, default: float) -> float:
         a = node.attributes.get(name)
-        return default if a is None else a.value  # type: ignore[no-any-return]
+        return default if a is None else a.value
     return (attr("alpha", 1.0) == 1.0 and attr("beta", 1.0) == 1.0 and attr("transA", 0) == 0
             and attr("transB", 0) == 1)

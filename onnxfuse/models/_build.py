@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import torch
 
-from onnxfuse.errors import UserError
+from onnxfuse.errors import ModelNotFoundError, UserError
 from onnxfuse.models._checkpoints import (
     PACKAGED,
     check_checkpoint,
@@ -165,17 +165,24 @@ def resolve(model: str | os.PathLike[str] | ModelSource) -> ModelSource:
 
 
 def load_causal_lm(model: str | os.PathLike[str] | ModelSource, *, seed: int = 0) -> tuple[ModelSource, torch.nn.Module, int, int]:
-    """Load ``model`` as a float32 causal LM: ``(source, model, example batch, example seq)``."""
+    """Load ``model`` as a float32 causal LM: ``(source, model, example batch, example seq)``.
+
+    Raises:
+        UserError: as :func:`resolve`, or a checkpoint :class:`ModelSource` without a path.
+    """
     source = resolve(model)
     if source.kind == "spec":
         spec = get_spec(source.name)
         return source, _from_spec(spec, seed), spec.batch, spec.seq
-    assert source.path is not None
+    if source.path is None:  # a ModelSource built by hand: resolve() gives checkpoints a path
+        raise ModelNotFoundError(f"model source {source.name!r} ({source.kind}) has no path: "
+                                 "give its checkpoint folder or .gguf file")
     return source, load_pretrained(source.path), _CHECKPOINT_BATCH, _CHECKPOINT_SEQ
 
 
 def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else getattr(model, "model", None)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not all(hasattr(layer, "mlp") for layer in layers):
         raise UserError(
@@ -218,7 +225,9 @@ def build(
     source, lm, default_batch, default_seq = load_causal_lm(model, seed=seed)
     name = source.name
     lm = lm.to(TORCH_DTYPES[dtype])
-    vocab = int(lm.config.vocab_size)
+    # A transformers config, typed as Exportable.config is: its fields depend on the family.
+    config: Any = lm.config
+    vocab = int(config.vocab_size)
     full = CausalLMWrapper(lm).eval()
     layers = _decoder_layers(lm)
     b, s = batch or default_batch, seq or default_seq
@@ -230,11 +239,11 @@ def build(
 
     if part == "full":
         return Exportable(name, full, dtype, ("input_ids", "attention_mask"), ("logits",),
-                          b, s, token_inputs, lm.config, len(layers))
+                          b, s, token_inputs, config, len(layers))
 
     if not -len(layers) <= mlp_layer < len(layers):
         raise UserError(f"mlp_layer {mlp_layer} is out of range: {name} has {len(layers)} layers")
-    mlp = layers[mlp_layer].mlp
+    mlp = layers[mlp_layer].get_submodule("mlp")
 
     def captured_hidden_states(bb: int, ss: int) -> tuple[torch.Tensor, ...]:
         seen: list[torch.Tensor] = []
@@ -251,4 +260,4 @@ def build(
         return (seen[0],)
 
     return Exportable(f"{name}/mlp", MLPWrapper(mlp).eval(), dtype, ("hidden_states",),
-                      ("output",), b, s, captured_hidden_states, lm.config, 1)
+                      ("output",), b, s, captured_hidden_states, config, 1)

@@ -84,18 +84,16 @@ def bench(config: BenchConfig) -> BenchResult:
                 times[name].append((time.perf_counter() - start) * 1e3)
         log.debug("bench round %d/%d", round_ + 1, config.warmup + config.repeat)
     meta = _machine()
-    cases = []
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    cases: list[dict[str, object]] = []
     for name, ts in times.items():
         qs = statistics.quantiles(ts, n=5) if len(ts) >= 2 else [ts[0]] * 4
-        cases.append({"name": name, "median_ms": statistics.median(ts), "p20_ms": qs[0], "p80_ms": qs[3],
+        cases.append({"name": name, "median_ms": median[name], "p20_ms": qs[0], "p80_ms": qs[3],
                       "min_ms": min(ts), "repeat": len(ts), "device": config.device,
                       "batch": config.batch, "seq": config.seq, "model": original.source or config.original.name,
-                      **meta})
-    median = {c["name"]: c["median_ms"] for c in cases}
-    for c in cases:
-        c["speedup_vs_unfused"] = float(median["unfused"]) / float(c["median_ms"])  # type: ignore[arg-type]
-    speedups = {b: float(median["unfused"]) / float(median[f"fused[{b}]"])  # type: ignore[arg-type]
-                for b in dict.fromkeys(config.backends)}
+                      **meta, "speedup_vs_unfused": median["unfused"] / median[name]})
+    speedups: dict[str, float] = {b: median["unfused"] / median[f"fused[{b}]"]
+                                  for b in dict.fromkeys(config.backends)}
     result = BenchResult(tuple(cases), speedups[config.backends[0]], speedups)
     if report is not None:
         write_report(report, result.as_dict())

@@ -28,7 +28,7 @@ from onnxfuse.errors import OnnxfuseError, first_line
 from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, Option, ParityConfig, positive_int
 
 if TYPE_CHECKING:
-    from onnxfuse.exporters import ExportConfig
+    from onnxfuse.exporters import ExportConfig, VerifyShape
     from onnxfuse.graph_rewrites import RewriteConfig
     from onnxfuse.pipeline.parity import ParityResult
 
@@ -91,11 +91,11 @@ def _quiet_torch() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _fmt_checks(checks: Sequence[object]) -> list[str]:
+def _fmt_checks(checks: Sequence[VerifyShape]) -> list[str]:
     rows = []
     for c in checks:
-        for o in c.outputs:  # type: ignore[attr-defined]
-            rows.append(f"  batch={c.batch:<3d} seq={c.seq:<5d} {o.name:<14s} rel_l2={o.rel_l2:.2e} "  # type: ignore[attr-defined]
+        for o in c.outputs:
+            rows.append(f"  batch={c.batch:<3d} seq={c.seq:<5d} {o.name:<14s} rel_l2={o.rel_l2:.2e} "
                         f"max_abs={o.max_abs:.2e} limit={o.limit:.0e} {'ok' if o.passed else 'FAIL'}")
     return rows
 
@@ -266,7 +266,7 @@ _REWRITE_OPTIONS = {
 
 
 def _import(module: str, name: str) -> type[Any]:
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +413,7 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
         "Export Llama-family models to ONNX, fuse their gated MLPs into one node, and prove "
         "that nothing changed numerically."))
     parser.add_argument("--version", action="version", version=f"%(prog)s {onnxfuse.__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, cmd in _COMMANDS.items():

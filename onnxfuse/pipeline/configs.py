@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 from onnxfuse.errors import UserError
 
@@ -97,16 +97,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _is_backend(name: str) -> TypeGuard[Backend]:
+    return name in BACKENDS
+
+
 def parse_backends(text: str) -> tuple[Backend, ...]:
     """A comma-separated list of :data:`BACKENDS`, or ``all``."""
     if text == "all":
         return BACKENDS
     names = tuple(dict.fromkeys(t.strip() for t in text.split(",")))
-    unknown = [n for n in names if n not in BACKENDS]
+    backends = tuple(n for n in names if _is_backend(n))
+    unknown = [n for n in names if not _is_backend(n)]
     if unknown or not names:
         raise ValueError(f"unknown backend {', '.join(map(repr, unknown)) or repr(text)}: choose from "
                          f"{', '.join(BACKENDS)} or all")
-    return names  # type: ignore[return-value]
+    return backends
 
 
 def parse_ceiling(text: str) -> tuple[str, float]:

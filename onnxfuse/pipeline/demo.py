@@ -29,7 +29,7 @@ from onnxfuse.numerics import compare, tolerance
 from onnxfuse.pipeline import report as report_mod
 from onnxfuse.pipeline import sessions
 from onnxfuse.pipeline.bench import bench
-from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, ParityConfig
+from onnxfuse.pipeline.configs import Backend, BenchConfig, DemoConfig, ParityConfig
 from onnxfuse.pipeline.parity import CPU_KERNEL, ParityResult, parity
 
 __all__ = ["DemoConfig", "DemoResult", "greedy_generation", "run_demo"]
@@ -117,6 +117,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     start = time.perf_counter()
     from onnxfuse.kernels import ort as plugin
 
+    backend: Backend
     try:
         plugin.library_path()
         backend = "default"
@@ -127,7 +128,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     paths = {}
     for part in ("full", "mlp"):
         onnx_path = out / f"{stem}-{part}.onnx"
-        r = export(ExportConfig(model=config.model, output=onnx_path, part=part, force=True))  # type: ignore[arg-type]
+        r = export(ExportConfig(model=config.model, output=onnx_path, part=part, force=True))
         worst = max(o.rel_l2 for c in r.checks for o in c.outputs)
         _step(summary, f"export {part}", f"{onnx_path.name}: rel L2 vs torch {worst:.2e} on 2 shapes", r.verified)
         fused = out / f"{stem}-{part}-fused.onnx"

@@ -9,7 +9,7 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -17,6 +17,7 @@ import onnx
 from onnxfuse import models, ops
 from onnxfuse.errors import InvalidModelError, UnsupportedError, UserError, first_line
 from onnxfuse.modelfile import read_model
+from onnxfuse.numerics import DType
 from onnxfuse.pipeline.configs import BACKENDS, DEVICES
 
 __all__ = ["BACKENDS", "Implementation", "ModelInfo", "implementation", "make_inputs", "model_info",
@@ -212,7 +213,7 @@ def run(sess: Any, feeds: dict[str, np.ndarray], path: str | os.PathLike[str]) -
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
     try:
-        return sess.run(None, feeds)  # type: ignore[no-any-return]
+        return sess.run(None, feeds)
     except (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException,
             ort_state.NotImplemented, ValueError) as e:  # ValueError: feeds that do not match
         first = first_line(e)
@@ -249,7 +250,10 @@ def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[d
 def _build(model: str, part: str, dtype: str, seed: int, mlp_layer: int) -> models.Exportable:
     # Cached: parity and bench ask for two shapes of the same model, and loading a real
     # checkpoint takes seconds (SmolLM2: 17 s).
-    return models.build(model, part=part, dtype=dtype, seed=seed, mlp_layer=mlp_layer)  # type: ignore[arg-type]
+    # part and dtype are the model's metadata strings, unchecked: build refuses any value but
+    # its own with a UserError that names it.
+    return models.build(model, part=cast(models.Part, part), dtype=cast(DType, dtype), seed=seed,
+                        mlp_layer=mlp_layer)
 
 
 def _to_numpy(t: Any) -> np.ndarray:

@@ -12,10 +12,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxfuse.errors import OutputError, UnsupportedError, UserError
 from onnxfuse.fileio import staged_file
 from onnxfuse.pipeline import sessions
+
+if TYPE_CHECKING:
+    from selenium.webdriver import Chrome
 
 __all__ = ["chromium_path", "free_port", "serve", "snapshot"]
 
@@ -69,7 +73,7 @@ def chromium_path() -> str:
                            "chromium-driver)")
 
 
-def _driver(width: int, height: int):  # type: ignore[no-untyped-def]
+def _driver(width: int, height: int) -> Chrome:
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service

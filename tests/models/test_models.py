@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from onnxfuse.errors import InvalidModelError, ModelNotFoundError, UserError
-from onnxfuse.models import SPECS, build, get_spec, make_token_inputs, spec_names
+from onnxfuse.models import SPECS, ModelSource, build, get_spec, make_token_inputs, spec_names
 
 
 def _state_bytes(module: torch.nn.Module) -> list[bytes]:
@@ -38,6 +38,12 @@ def test_missing_paths_are_user_errors(tmp_path) -> None:
         build(str(tmp_path / "fake.gguf"))
     with pytest.raises(InvalidModelError, match=r"config\.json"):
         build(str(tmp_path))
+
+
+def test_a_checkpoint_source_without_a_path_is_a_user_error() -> None:
+    # A ModelSource built by hand: refused with a typed error, not an assert (gone under -O).
+    with pytest.raises(ModelNotFoundError, match="'mine' \\(folder\\) has no path"):
+        build(ModelSource("mine", "folder"))
 
 
 @pytest.mark.parametrize("name", [n for n in SPECS if n not in ("seed", "wide-2g")])

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
+from onnxscript.rewriter.pattern import MatchResult
 
 from onnxfuse import ops
 from onnxfuse.graph_rewrites import _safety, _scan
@@ -156,10 +156,13 @@ class GatedMLPFusion(Fusion):
         down = op.MatMul(op.Mul(act(op, gate), up), w_down)
         return op.Add(down, b_down) if self.biased else down
 
-    def check(self, context: Any, x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Value,
-              b_gate: ir.Value | None = None, b_up: ir.Value | None = None,
-              b_down: ir.Value | None = None, **_: Any) -> Any:
-        result = pattern.MatchResult()
+    # onnxscript calls check(context, **bindings): the pattern's variables as named parameters
+    # are its documented form, narrower than the base's check(op, *args, **kwargs).
+    def check(self, context: Any, x: ir.Value, w_gate: ir.Value,  # type: ignore[override]  # named bindings
+              w_up: ir.Value, w_down: ir.Value, b_gate: ir.Value | None = None,
+              b_up: ir.Value | None = None, b_down: ir.Value | None = None,
+              **_: Any) -> MatchResult:
+        result = MatchResult()
         for node in context.nodes:
             # None of the matched ops has a subgraph; a (malformed) node with one cannot be
             # copied into the function body.
@@ -179,9 +182,10 @@ class GatedMLPFusion(Fusion):
     def rewrite(self, op: Any, x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Value,
                 b_gate: ir.Value | None = None, b_up: ir.Value | None = None,
                 b_down: ir.Value | None = None, **_: Any) -> Any:
-        inputs = [x, w_gate, w_up, w_down]
+        weights = [w_gate, w_up, w_down]
         if self.gemm:
-            inputs[1:] = [_transposed(op, w) for w in inputs[1:]]
+            weights = [_transposed(op, w) for w in weights]
+        inputs: list[ir.Value | None] = [x, *weights]
         if self.biased:
             inputs += [b_gate, b_up, b_down]
         return op.FusedGatedMLP(*inputs, activation=self.activation, _domain=_SPEC.domain,
@@ -244,12 +248,12 @@ def check_candidate(x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Va
             if _safety.constant_shape(b) != (size,):
                 return Reason(f"{role} ({b.name}) has shape {_safety.constant_shape(b)}, need ({size},)", (b,))
             dtypes[role] = _safety.element_type(b)
-    if None in dtypes.values() or len(set(dtypes.values())) != 1:
+    dtype = dtypes["W_gate"]
+    if dtype is None or len(set(dtypes.values())) != 1:
         text = ", ".join(f"{k} {v.name if v is not None else '?'}" for k, v in dtypes.items())
         return Reason(f"element types disagree or are unknown: {text}", (x,))
-    dtype = dtypes["W_gate"]
     if dtype not in _ELEMENT_TYPES:
-        return Reason(f"element type {dtype.name} is not float, float16 or bfloat16", (x,))  # type: ignore[union-attr]
+        return Reason(f"element type {dtype.name} is not float, float16 or bfloat16", (x,))
     return None
 
 
@@ -290,8 +294,8 @@ def _transposed(op: Any, w: ir.Value) -> ir.Value:
             tensor.release()  # its mapped pages would stay resident
         return ir.tensor(data, dtype=tensor.dtype, name=final)
 
-    lazy = ir.LazyTensor(transpose, dtype=tensor.dtype, shape=ir.Shape(tuple(reversed(tensor.shape))),
-                         name=name)
+    lazy = ir.LazyTensor(transpose, dtype=tensor.dtype,
+                         shape=ir.Shape(tuple(reversed(tensor.shape.numpy()))), name=name)
     value: ir.Value = op.initializer(lazy, name=name)
     value.meta[_TRANSPOSED_FROM] = w
     return value
@@ -303,14 +307,14 @@ def _untranspose_function(function: ir.Function) -> None:
     weights are then stored once in the model."""
     inputs = {v.name: v for v in function.inputs}
     for node in list(function):
-        if node.op_type != "Constant":
+        if node.op_type != "Constant" or "value" not in node.attributes:
             continue
-        tensor = node.attributes["value"].as_tensor() if "value" in node.attributes else None
-        source = inputs.get(f"{tensor.name}{TRANSPOSED_SUFFIX}") if tensor is not None else None
+        tensor = node.attributes["value"].as_tensor()
+        source = inputs.get(f"{tensor.name}{TRANSPOSED_SUFFIX}")
         if source is None:
             continue
         transpose = ir.Node("", "Transpose", [source], [ir.AttrInt64s("perm", [1, 0])],
-                            name=f"{tensor.name}_transpose")  # type: ignore[union-attr]
+                            name=f"{tensor.name}_transpose")
         function.insert_before(node, transpose)
         ir.convenience.replace_all_uses_with(node.outputs[0], transpose.outputs[0])
         function.remove(node, safe=True)
@@ -364,7 +368,8 @@ def candidates(node: ir.Node) -> list[GatedMLPFusion]:
 def finish(node: ir.Node, function: ir.Function, rule: str, replaced: tuple[str, ...]) -> FusedNode:
     """Document and type a fresh fused node; return its report entry."""
     _untranspose_function(function)
-    shape = _safety.constant_shape(node.inputs[1])  # type: ignore[arg-type]
+    w_gate = node.inputs[1]  # the rewrite always gives the fused node its W_gate
+    shape = _safety.constant_shape(w_gate) if w_gate is not None else None
     d, d_ff = shape if shape is not None else (0, 0)
     activation = node.attributes["activation"].as_string()
     biased = len(node.inputs) > _SPEC.required_inputs
@@ -375,7 +380,9 @@ def finish(node: ir.Node, function: ir.Function, rule: str, replaced: tuple[str,
     node.metadata_props.update({"onnxfuse.d": str(d), "onnxfuse.d_ff": str(d_ff)})
     # Y has the type of W_gate (check_candidate knew it) and the shape of X, where known.
     x, y = node.inputs[0], node.outputs[0]
-    y.dtype = y.dtype or _safety.element_type(node.inputs[1])  # type: ignore[assignment]
+    dtype = _safety.element_type(w_gate)
+    if not y.dtype and dtype is not None:
+        y.dtype = dtype
     if x is not None and y.shape is None and x.shape is not None:
         y.shape = x.shape
     return FusedNode(str(node.name), rule, activation, int(d), int(d_ff), biased, replaced)
@@ -421,8 +428,8 @@ def _reason(graph: ir.Graph, down: ir.Node, mul: ir.Node, sides: list[list[ir.No
     else:
         biases = [_bias_after(roots[gate]), _bias_after(roots[up]), _bias_after(down)]
     w_gate, w_up, w_down = weights
-    if w_gate is not None and w_up is not None and w_down is not None:
-        failure = check_candidate(x0, w_gate, w_up, w_down,  # type: ignore[arg-type]
+    if x0 is not None and w_gate is not None and w_up is not None and w_down is not None:
+        failure = check_candidate(x0, w_gate, w_up, w_down,
                                   biases if any(b is not None for b in biases) else None, gemm=gemm)
         if failure is not None:
             return failure.text
@@ -453,10 +460,12 @@ def scan(graph: ir.Graph) -> list[NearMiss]:
     for down in graph:
         if down.op_type not in ("MatMul", "Gemm") or not _scan.standard_node(down, 2):
             continue
-        mul = down.inputs[0].producer()  # type: ignore[union-attr]
+        product = down.inputs[0]  # present: standard_node checked it
+        mul = product.producer() if product is not None else None
         if mul is None or mul.op_type != "Mul" or not _scan.standard_node(mul, 2) or None in mul.inputs:
             continue
-        sides, side_roots = zip(*(_scan.backward_slice(v) for v in mul.inputs), strict=True)  # type: ignore[arg-type]
+        factors = [v for v in mul.inputs if v is not None]  # all of them, as just checked
+        sides, side_roots = zip(*(_scan.backward_slice(v) for v in factors), strict=True)
         if any(len(r) != 1 for r in side_roots):
             continue  # a side that is not one projection (or a constant scale): not an MLP
         roots = [side_roots[0][0], side_roots[1][0]]

@@ -150,8 +150,9 @@ def install(kernel: Kernel | None = None) -> None:
         if kernel is not None:
             _state["kernel"] = kernel
         if _state["callback"] is None:
-            _state["callback"] = _CALLBACK(_callback)  # kept alive: the library holds its address
-            lib.onnxfuse_set_triton_callback(ctypes.cast(_state["callback"], ctypes.c_void_p))
+            callback = _CALLBACK(_callback)
+            _state["callback"] = callback  # kept alive: the library holds its address
+            lib.onnxfuse_set_triton_callback(ctypes.cast(callback, ctypes.c_void_p))
 
 
 def set_kernel(kernel: Kernel | None) -> None:

@@ -21,6 +21,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TypedDict
 
 from onnxfuse import ops
 from onnxfuse.errors import KernelError
@@ -99,7 +100,19 @@ def _tool(name: str) -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def _inspect(cubin: bytes) -> dict[str, object]:
+class _CubinFacts(TypedDict, total=False):
+    """What :func:`_inspect` read from a cubin: the optional fields of :class:`CompiledKernel`."""
+
+    registers: int
+    stack_bytes: int
+    local_loads: int
+    mma: str
+    mma_count: int
+    async_copies: int
+    tma_copies: int
+
+
+def _inspect(cubin: bytes) -> _CubinFacts:
     """Registers and stack frame (cuobjdump), tensor-core ops, local loads and asynchronous
     copies (nvdisasm's SASS) of one cubin; empty if the tools are missing."""
     cuobjdump, nvdisasm = _tool("cuobjdump"), _tool("nvdisasm")
@@ -117,9 +130,9 @@ def _inspect(cubin: bytes) -> dict[str, object]:
         return {}
     counts = {op: len(re.findall(rf"\b{op}\b", sass)) for op in ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "LDL")}
     mma = "HGMMA" if counts["HGMMA"] else "HMMA" if counts["HMMA"] else "none"
-    return dict(registers=int(found[1]), stack_bytes=int(found[2]), local_loads=counts["LDL"], mma=mma,
-                mma_count=counts[mma] if mma != "none" else 0,
-                async_copies=counts["LDGSTS"] + counts["UTMALDG"], tma_copies=counts["UTMALDG"])
+    return {"registers": int(found[1]), "stack_bytes": int(found[2]), "local_loads": counts["LDL"],
+            "mma": mma, "mma_count": counts[mma] if mma != "none" else 0,
+            "async_copies": counts["LDGSTS"] + counts["UTMALDG"], "tma_copies": counts["UTMALDG"]}
 
 
 def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool = True,
@@ -194,7 +207,7 @@ def compile_gated_mlp(capability: int, dtype: str = "bfloat16", *, gated: bool =
     except Exception as e:
         raise KernelError(f"Triton cannot compile {cfg.label()} for cuda:{capability} ({dtype}): {e}") from e
     cubin = kernel.asm["cubin"]
-    details = _inspect(cubin) if inspect else {}
+    details = _inspect(cubin) if inspect else _CubinFacts()
     return CompiledKernel(f"cuda:{capability}", cfg.label(), dtype, gated, len(cubin),
                           int(kernel.metadata.shared), cfg.num_warps, kernel.metadata.name,
-                          **details)  # type: ignore[arg-type]
+                          **details)

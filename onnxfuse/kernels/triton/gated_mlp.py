@@ -31,7 +31,7 @@ import triton.language as tl
 try:  # Triton >= 3.4: host-side TMA descriptors
     from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
 except ImportError:  # pragma: no cover - older Triton: TMA configs use the pointer kernel
-    _TensorDescriptor = None  # type: ignore[assignment,misc]
+    _TensorDescriptor = None
 
 from onnxfuse import ops
 from onnxfuse.errors import KernelError
@@ -319,12 +319,12 @@ def _launch(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor | None, bias1: t
     operands = (a, b1, c) if b2 is None else (a, b1, b2, c)
     if config.tma and split_k == 1 and _tma_eligible(*operands):
         bm, bn, bk = config.block_m, config.block_n, config.block_k
-        b_desc = _TensorDescriptor.from_tensor(b1, [bk, bn])  # type: ignore[union-attr]
+        b_desc = _TensorDescriptor.from_tensor(b1, [bk, bn])
         _gemm_tma_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
-            _TensorDescriptor.from_tensor(a, [bm, bk]), b_desc,  # type: ignore[union-attr]
-            _TensorDescriptor.from_tensor(b2, [bk, bn]) if b2 is not None else b_desc,  # type: ignore[union-attr]
+            _TensorDescriptor.from_tensor(a, [bm, bk]), b_desc,
+            _TensorDescriptor.from_tensor(b2, [bk, bn]) if b2 is not None else b_desc,
             bias1 if bias1 is not None else b1, bias2 if bias2 is not None else b1,
-            _TensorDescriptor.from_tensor(c, [bm, bn]), M, N, K,  # type: ignore[union-attr]
+            _TensorDescriptor.from_tensor(c, [bm, bn]), M, N, K,
             _stride(bias1), _stride(bias2), **constexprs)
         return
     target = c if split_k == 1 else torch.empty((split_k, M, N), dtype=torch.float32, device=a.device)
@@ -415,8 +415,11 @@ def fused_gated_mlp(
         elif tune:
             key = tuning.TuneKey(_device_name(x), str(x.dtype).removeprefix("torch."), precision,
                                  stage, tuning.token_bucket(m), n, k, b_gate is not None)
-            tuning.tuner().choose(key, candidates, lambda cfg, launch=launch: launch(config=cfg),
-                                  may_time=not _capturing(x))
+
+            def run(cfg: KernelConfig, launch: functools.partial[None] = launch) -> None:
+                launch(config=cfg)
+
+            tuning.tuner().choose(key, candidates, run, may_time=not _capturing(x))
         elif interpreting():
             launch(config=interpreter_config(m, n, k))
         else:

@@ -66,17 +66,17 @@ def fused_gated_mlp_reference(
     """
     dtype = compute_dtype or x.dtype
 
-    def c(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(dtype)
+    def c(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype)
 
     xc, wg, wu, wd = c(x), c(w_gate), c(w_up), c(w_down)
-    gate = xc @ wg  # type: ignore[operator]
-    up = xc @ wu  # type: ignore[operator]
+    gate = xc @ wg
+    up = xc @ wu
     if b_gate is not None:
         gate = gate + c(b_gate)
     if b_up is not None:
         up = up + c(b_up)
-    y = (activate(gate, activation) * up) @ wd  # type: ignore[operator]
+    y = (activate(gate, activation) * up) @ wd
     if b_down is not None:
         y = y + c(b_down)
     return y

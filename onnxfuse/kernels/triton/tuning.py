@@ -19,6 +19,7 @@ class's first candidate), keeps results bitwise stable across processes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -126,7 +127,7 @@ class Tuner:
         results: dict[str, float | str] = {}
         for label, config in by_label.items():
             try:
-                results[label] = float(timer(lambda config=config: run(config)))
+                results[label] = float(timer(functools.partial(run, config)))
             except Exception as e:  # a candidate this GPU cannot run: skip it, keep the reason
                 results[label] = f"{type(e).__name__}: {e}"
                 # Too much shared memory for this GPU is expected of some tiles; anything

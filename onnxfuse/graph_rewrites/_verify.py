@@ -17,6 +17,7 @@ after the check, so a 7B model's layer costs a few milliseconds and no float64 c
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,8 @@ from onnxfuse.errors import first_line
 from onnxfuse.graph_rewrites import _safety
 
 __all__ = ["PROBE_ROWS", "verify"]
+
+log = logging.getLogger(__name__)
 
 PROBE_ROWS = 4
 """Rows of the probe input: enough to see a wrong weight or activation (every output element
@@ -70,8 +73,13 @@ class _Constants:
         return tensor.numpy()
 
     def release(self) -> None:
+        """Drop the arrays and release the memory maps (their pages would stay resident)."""
+        self._arrays.clear()
         for tensor in self._external:
-            tensor.release()  # its mapped pages would stay resident
+            try:
+                tensor.release()
+            except BufferError:  # an array of it is still referenced: it stays mapped
+                log.debug("%s stays mapped after the semantic check", tensor.name)
 
 
 def verify(spec: ops.OpSpec, new_nodes: Sequence[ir.Node], original: Sequence[ir.Node],

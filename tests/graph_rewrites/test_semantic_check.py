@@ -22,7 +22,7 @@ from onnxfuse.graph_rewrites.rules.gated_mlp import FAMILY
 from tests.graph_rewrites.graphs import feeds, gated_mlp
 from tests.graph_rewrites.mislabelled import FAULTS, WRONG_ACTIVATION, mislabelled_fused_model
 
-_DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
+_DTYPES: dict[int, str] = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 
 
 class _Swapped(GatedMLPFusion):

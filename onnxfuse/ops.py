@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 __all__ = [
     "DOMAIN",
@@ -96,6 +96,12 @@ class OpSpec:
             as ``"module:function"`` (imported when first called; ``None``: the op has none).
             It is called with the inputs in slot order (``None`` for an absent optional one),
             every attribute by name, ``precision=`` and ``out=``.
+        reference: what a node computes, as numpy in float64: called with the inputs in slot
+            order as arrays (``None`` for an absent optional one) and every attribute by
+            name, it returns the outputs, in order. The rewrite checks every fusion it makes
+            against it (``None``: the op is never fused). It may import numpy inside (this
+            module imports only the standard library) and reads each weight one block at a
+            time (weights may be a 7B model's).
     """
 
     op_id: int
@@ -106,6 +112,7 @@ class OpSpec:
     formula: str
     rules: str | None = None
     kernel: str | None = None
+    reference: Callable[..., tuple[Any, ...]] | None = None
     element_types: tuple[str, ...] = tuple(ELEMENT_TYPES)
     domain: str = DOMAIN
     version: int = OPSET_VERSION
@@ -146,6 +153,29 @@ class OpSpec:
         return text.format(**values)
 
 
+def _gated_mlp_reference(X: Any, W_gate: Any, W_up: Any, W_down: Any, B_gate: Any = None,
+                         B_up: Any = None, B_down: Any = None, *, activation: str) -> tuple[Any]:
+    """:data:`FUSED_GATED_MLP`'s ``Y``, in float64 (the :attr:`OpSpec.reference` of the op)."""
+    import numpy as np
+
+    from onnxfuse.numerics import erf64, matmul64, to_float64
+
+    def project(x: Any, w: Any, b: Any) -> Any:
+        y = matmul64(x, w)
+        return y if b is None else y + to_float64(b)
+
+    g, u = project(X, W_gate, B_gate), project(X, W_up, B_up)
+    if activation == "silu":
+        a = g / (1.0 + np.exp(-g))
+    elif activation == "gelu":
+        a = 0.5 * g * (1.0 + erf64(g / np.sqrt(2.0)))
+    elif activation == "gelu_tanh":
+        a = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g**3)))
+    else:
+        raise ValueError(f"the reference has no activation {activation!r}")
+    return (project(a * u, W_down, B_down),)
+
+
 FUSED_GATED_MLP = OpSpec(
     op_id=0,
     op_type="FusedGatedMLP",
@@ -163,6 +193,7 @@ FUSED_GATED_MLP = OpSpec(
     formula="{activation}(X @ W_gate[ + B_gate]) * (X @ W_up[ + B_up]) @ W_down[ + B_down]",
     rules="onnxfuse.graph_rewrites.rules.gated_mlp",
     kernel="onnxfuse.kernels.triton.gated_mlp:fused_gated_mlp",
+    reference=_gated_mlp_reference,
 )
 """``Y = (act(X @ W_gate + B_gate) * (X @ W_up + B_up)) @ W_down + B_down``; weights in ONNX
 MatMul layout [K, N]; the three biases are given all together or not at all."""

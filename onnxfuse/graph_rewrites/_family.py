@@ -11,13 +11,18 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from onnxfuse import ops
 
-__all__ = ["Family", "FusedNode", "Fusion", "NearMiss"]
+__all__ = ["REFUSED", "Family", "FusedNode", "Fusion", "NearMiss"]
+
+REFUSED = "onnxfuse.refused"
+"""``Node.meta`` key the pass sets on the root of a match that failed the semantic check (the
+reason): every fusion's check then refuses that root."""
 
 
 class Fusion(pattern.RewriteRuleClassBase):
@@ -41,11 +46,18 @@ class Fusion(pattern.RewriteRuleClassBase):
         variants: list[pattern.RewriteRule] | None = getattr(self._per_thread, "variants", None)
         if variants is None:
             rule = pattern.RewriteRule(
-                self.pattern, self.rewrite, self.check, name=self.name, remove_nodes=self.remove_nodes,
+                self.pattern, self.rewrite, self._check_unrefused, name=self.name, remove_nodes=self.remove_nodes,
                 graph_pre_visitor=self.setup, graph_post_visitor=self.cleanup,
                 as_function=self.as_function)
             variants = self._per_thread.variants = list(rule.commute())
         return variants
+
+    def _check_unrefused(self, context: Any, **bindings: Any) -> Any:
+        """:meth:`check`, after refusing a root the pass marked (:data:`REFUSED`)."""
+        reason = context.root.meta.get(REFUSED)
+        if reason is not None:
+            return pattern.MatchResult().fail(reason, context.root)
+        return self.check(context, **bindings)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,12 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
-__all__ = ["Reason", "constant_shape", "element_type", "gemm_attributes_ok", "is_constant",
-           "is_standard"]
+__all__ = ["TRANSPOSED_FROM", "Reason", "constant_shape", "element_type", "gemm_attributes_ok",
+           "is_constant", "is_standard"]
+
+TRANSPOSED_FROM = "onnxfuse.transposed_from"
+"""``Value.meta`` key of an initializer a fusion stores transposed (computed when the model is
+saved): the value it is the transpose of."""
 
 
 @dataclasses.dataclass(frozen=True)

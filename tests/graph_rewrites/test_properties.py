@@ -42,10 +42,12 @@ from tests.helpers import ort_run
 EXAMPLES, MIN_EXAMPLES = int(os.environ.get("ONNXFUSE_PROPERTY_EXAMPLES", "230")), 200
 SEED = os.environ.get("ONNXFUSE_PROPERTY_SEED")
 
-# form (tests/graph_rewrites/graphs.py) -> lowest opset with its ops (Gelu 20, Swish 24).
-FUSING_FORMS = {"silu": 18, "silu_rev": 18, "quick_gelu": 18, "gelu_erf_dec": 18,
-                "gelu_tanh_dec": 18, "gelu": 20, "gelu_none": 20, "gelu_tanh": 20, "swish": 24,
-                "swish_default": 24}
+# form (tests/graph_rewrites/graphs.py) -> lowest opset with its ops (Gelu 20, Swish 24),
+# and the fused node's activation.
+FUSING_FORMS = {"silu": (18, "silu"), "silu_rev": (18, "silu"), "quick_gelu": (18, "silu"),
+                "gelu_erf_dec": (18, "gelu"), "gelu_tanh_dec": (18, "gelu_tanh"),
+                "gelu": (20, "gelu"), "gelu_none": (20, "gelu"), "gelu_tanh": (20, "gelu_tanh"),
+                "swish": (24, "silu"), "swish_default": (24, "silu")}
 MISS_FORMS = {"tanh": 18, "sigmoid_only": 18, "relu": 18, "quick_gelu_1702": 18, "none": 18,
               "swish_alpha2": 24}
 # Near misses: a non-fusing activation; an interior value with another consumer or that is a
@@ -112,7 +114,8 @@ def recipes(draw: st.DrawFn) -> Recipe:
     ops = st.builds(Op, st.sampled_from(OPS), st.integers(0, 15), st.integers(0, 15))
     steps = draw(st.lists(st.one_of(_mlps(), ops), min_size=1, max_size=8))
     # Every opset that has the ops of the forms drawn (so every form is as likely).
-    need = max([{**FUSING_FORMS, **MISS_FORMS}[s.form] for s in steps if isinstance(s, Mlp)], default=18)
+    opsets = {**{f: o for f, (o, _) in FUSING_FORMS.items()}, **MISS_FORMS}
+    need = max([opsets[s.form] for s in steps if isinstance(s, Mlp)], default=18)
     opset = draw(st.sampled_from([o for o in (18, 20, 24) if o >= need]))
     return Recipe(opset, draw(st.integers(1, 16)), draw(st.sampled_from(((2, 3), (4,), (1, 5), (3, 2)))),
                   draw(st.booleans()), draw(st.booleans()), tuple(steps))
@@ -128,6 +131,7 @@ class Host:
     vanish: set[str]  # weight nodes only a fused Gemm MLP read (its weights are re-stored)
     misses: list[str]  # down-projection node names of the planted near misses
     downs: list[str]  # output value of each fusing MLP
+    activations: list[str]  # the activation each fusing MLP's fused node must have
 
 
 class _HostBuilder:
@@ -143,7 +147,7 @@ class _HostBuilder:
         self.feeds = {"x": np.random.default_rng(7).standard_normal(shape).astype(np.float32)}
         self.extra_outputs: list[tuple[str, tuple[int, ...]]] = []
         self.tied: dict[tuple[bool, int, int], list[str]] = {}
-        self.host = Host(onnx.ModelProto(), self.feeds, [], set(), [], [])
+        self.host = Host(onnx.ModelProto(), self.feeds, [], set(), [], [], [])
 
     # ------------------------------------------------------------------ pool of values
     def pick(self, i: int) -> tuple[str, tuple[int, ...]]:
@@ -268,6 +272,7 @@ class _HostBuilder:
         if m.fuses:
             self.host.cores.append(core)
             self.host.downs.append(down)
+            self.host.activations.append(FUSING_FORMS[m.form][1])
             if m.gemm:
                 self.host.vanish |= weight_nodes
         else:
@@ -320,6 +325,8 @@ def check(recipe: Recipe) -> None:
     assert sum(n.op_type == "FusedGatedMLP" for n in fused.graph.node) == len(host.cores)
     assert set(host.misses) <= {s.down for s in skipped}, (host.misses, skipped)
     assert all(set(n.replaced) in host.cores for n in fused_nodes)
+    assert [n.activation for n in fused_nodes] == [
+        host.activations[host.cores.index(set(n.replaced))] for n in fused_nodes]
     onnx.checker.check_model(fused, full_check=True)
 
     # 2. Nodes outside the matches, and the initializers they read, are unchanged.

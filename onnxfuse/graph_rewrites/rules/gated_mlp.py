@@ -260,7 +260,6 @@ def check_candidate(x: ir.Value, w_gate: ir.Value, w_up: ir.Value, w_down: ir.Va
 # ------------------------------------------------------- Gemm weights, stored transposed
 
 TRANSPOSED_SUFFIX = "__onnxfuse_T"
-_TRANSPOSED_FROM = "onnxfuse.transposed_from"
 
 
 def _transposed(op: Any, w: ir.Value) -> ir.Value:
@@ -283,7 +282,7 @@ def _transposed(op: Any, w: ir.Value) -> ir.Value:
         existing = initializers.get(name)
         if existing is None:
             break
-        if existing.meta.get(_TRANSPOSED_FROM) is w:
+        if existing.meta.get(_safety.TRANSPOSED_FROM) is w:
             return existing
         name = f"{base}_{i}"  # a model's own initializer of that name: not ours
     final = name
@@ -297,7 +296,7 @@ def _transposed(op: Any, w: ir.Value) -> ir.Value:
     lazy = ir.LazyTensor(transpose, dtype=tensor.dtype,
                          shape=ir.Shape(tuple(reversed(tensor.shape.numpy()))), name=name)
     value: ir.Value = op.initializer(lazy, name=name)
-    value.meta[_TRANSPOSED_FROM] = w
+    value.meta[_safety.TRANSPOSED_FROM] = w
     return value
 
 

@@ -99,7 +99,8 @@ def gemm_mlp(path: Path, d: int = GEMM_D, d_ff: int = GEMM_D_FF, seed: int = 0) 
     y = node("Gemm", [node("Mul", [silu, up]), weight("w_down", (d, d_ff))], trans_b)
     y.name = "y"
     y.type, y.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(["n", d])
-    graph = ir.Graph([x], [y], nodes=nodes, initializers=weights, opset_imports={"": 18})
+    graph = ir.Graph([x], [y], nodes=nodes, initializers=weights, opset_imports={"": 18},
+                     name="gemm_mlp")  # read_model refuses a graph without a name
     ir.save(ir.Model(graph, ir_version=10), path, external_data=path.name + ".data")
 
 

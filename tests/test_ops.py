@@ -80,3 +80,9 @@ def test_every_fusion_family_is_named_by_its_ops_registry_entry() -> None:
 
     assert [f.op for f in DEFAULT_FAMILIES] == [s for s in ops.REGISTRY if s.rules is not None]
     assert GATED.rules is not None and GATED.kernel is not None
+
+
+def test_the_registry_element_types_are_the_tolerance_tables() -> None:
+    from onnxfuse import numerics
+
+    assert tuple(ops.ELEMENT_TYPES) == numerics.DTYPES

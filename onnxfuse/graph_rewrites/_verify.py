@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import onnx_ir as ir
@@ -37,7 +38,9 @@ PROBE_ROWS = 2
 depends on every weight and every intermediate column); the cost is reading the weights,
 plus a product per row (4 rows cost SmolLM2's rewrite 0.2 s more than 2)."""
 _PREFIX = "semantic check failed"
-_DTYPES = {ir.DataType(code): name for name, code in ops.ELEMENT_TYPES.items()}
+# The registry's element types are numerics.DType's values (tests/test_ops.py holds them equal).
+_DTYPES = cast("dict[ir.DataType, numerics.DType]",
+               {ir.DataType(code): name for name, code in ops.ELEMENT_TYPES.items()})
 
 
 class _Constants:
@@ -154,7 +157,7 @@ def _dtype(values: Sequence[ir.Value | None]) -> numerics.DType | None:
     for value in values:
         known = _safety.element_type(value)
         if known is not None:
-            return _DTYPES.get(known)  # type: ignore[return-value]
+            return _DTYPES.get(known)
     return None
 
 

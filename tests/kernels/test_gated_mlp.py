@@ -81,9 +81,14 @@ def test_nan_and_inf_propagate_as_in_the_reference(dtype_name: str) -> None:
     x.view(-1)[0] = float("nan")
     x.view(-1)[-1] = float("inf")
     p["x"] = x
-    c = compare("y", _run(p).float().cpu().numpy(), _reference(p).numpy(), limit=_limit(dtype_name))
+    want = _reference(p).numpy()
+    # Rows with a NaN or Inf operand and rows without, so both halves are judged: NaN/Inf at the
+    # same places, and the finite rows within the table (a kernel that poisoned every row, or
+    # none, fails).
+    assert np.isnan(want).any() and np.isfinite(want).all(axis=-1).any()
+    c = compare("y", _run(p).float().cpu().numpy(), want, limit=_limit(dtype_name))
     assert c.nan_mismatches == 0 and c.inf_mismatches == 0, c.detail
-    assert np.isnan(_reference(p).numpy()).any()
+    assert c.passed, c.detail
 
 
 def test_non_contiguous_input_and_output() -> None:
@@ -93,7 +98,11 @@ def test_non_contiguous_input_and_output() -> None:
     p["x"] = base.permute(2, 1, 0)  # [3, 7, d], not contiguous
     out = torch.full((d, 7, 3), float("nan"), device=DEVICE).permute(2, 1, 0)
     y = _run(p, out=out)
-    assert compare("y", y.cpu().numpy(), _reference(p).numpy(), limit=_limit("float32")).passed
+    # Judged through ``out`` itself (NaN-poisoned), not the return value: a launcher that
+    # ignored ``out`` and returned a fresh tensor would leave it NaN.
+    assert y is out
+    c = compare("y", out.cpu().numpy(), _reference(p).numpy(), limit=_limit("float32"))
+    assert c.passed, c.detail
 
 
 def test_empty_batch() -> None:

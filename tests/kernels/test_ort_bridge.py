@@ -136,7 +136,7 @@ def _rss_mib() -> float:
 
 
 def test_runs_in_a_loop_do_not_leak(tiny_mlp: tuple[Path, Path]) -> None:
-    """100 raising runs and 100 successful bridge runs grow RSS by less than 5%. The successful
+    """100 raising runs and 100 successful bridge runs grow RSS by less than 8 MiB. The successful
     ones launch a torch kernel through the same zero-copy wrappers (the interpreter would take
     ~0.15 s a run); a few real Triton runs come first so its caches are warm."""
     src, fused = tiny_mlp
@@ -166,7 +166,10 @@ def test_runs_in_a_loop_do_not_leak(tiny_mlp: tuple[Path, Path]) -> None:
             failures += "RuntimeError: xxx" in str(e)
     grown = _rss_mib() - start
     assert failures == 100
-    assert grown < 0.05 * start, f"RSS grew {grown:.1f} MiB from {start:.1f} MiB over 200 runs"
+    # Measured here: 1.2 MiB over the 200 runs (~6 KiB a run, the allocator settling). 8 MiB
+    # is 40 KiB a run: a leak of a 131 KiB buffer per run (26 MiB) fails, which a bound of 5%
+    # of the process's RSS (28 MiB at 557 MiB) let through.
+    assert grown < 8.0, f"RSS grew {grown:.1f} MiB from {start:.1f} MiB over 200 runs"
 
 
 def test_without_the_callback_the_run_fails_clearly(tiny_mlp: tuple[Path, Path]) -> None:

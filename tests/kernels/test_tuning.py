@@ -163,6 +163,9 @@ def test_autotuned_launches_compute_the_reference_and_tune_once_per_bucket(
     assert sorted((k.stage, k.bucket) for k in tuner.timings) == \
         [("down", 8), ("down", 16), ("gate_up", 8), ("gate_up", 16)]
     assert all(len(v) == 2 for v in tuner.timings.values())
+    # Timed once per bucket: 2 candidates x 2 stages x 2 buckets. Rows 7 reuses the choices made
+    # for rows 5 (a tuner that forgot its choices would time them again: 12 timings).
+    assert len(calls) == 8
 
 
 def test_autotune_defaults_off_under_the_interpreter(process_tuner: None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 
 import numpy as np
 import pytest
@@ -67,8 +68,22 @@ def test_python_api_mirrors_the_cli(tmp_path) -> None:  # type: ignore[no-untype
     assert len(fused.fused) == 1
     parity = onnxfuse.compare(result.onnx_path, fused.output)
     assert parity.passed
+    # The CLI on the same files gives the same answers (the same configs underneath).
+    from tests.conftest import run_cli
+
+    proc = run_cli(["rewrite", str(result.onnx_path), "-o", str(tmp_path / "cli.onnx"),
+                    "--json", str(tmp_path / "rewrite.json")])
+    assert proc.returncode == 0, proc.stderr
+    cli_rewrite = json.loads((tmp_path / "rewrite.json").read_text())
+    assert [n["name"] for n in cli_rewrite["nodes"]] == [n.name for n in fused.fused]
+    proc = run_cli(["parity", str(result.onnx_path), str(fused.output), "--json", str(tmp_path / "parity.json")])
+    assert proc.returncode == 0, proc.stderr
+    cli_parity = json.loads((tmp_path / "parity.json").read_text())
+    assert cli_parity["passed"] is parity.passed
+    assert [o["rel_l2"] for o in cli_parity["outputs"]] == [o.rel_l2 for o in parity.outputs]
     timing = onnxfuse.bench(result.onnx_path, fused.output, repeat=2, warmup=1, torch=False)
-    assert timing.speedup > 0
+    medians = {c["name"]: c["median_ms"] for c in timing.cases}
+    assert timing.speedup == pytest.approx(medians["unfused"] / medians["fused[default]"])
     sess = onnxfuse.session(fused.output)
     assert sess.get_providers()[0] == "CPUExecutionProvider"
     from onnxfuse.kernels.ort import bridge

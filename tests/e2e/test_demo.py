@@ -58,6 +58,9 @@ def test_demo_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
         time.sleep(0.5)
         rows = driver.find_elements(By.CSS_SELECTOR, "#summary tbody tr")
         assert len(rows) == len(report["summary"])
+        # Each rendered row reads as its step in report.json: name, result text, status.
+        cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+        assert cells == [[s["step"], s["result"], "ok" if s["ok"] else "FAIL"] for s in report["summary"]]
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) == 4
         # Every image actually loaded (naturalWidth is 0 for a broken image).

@@ -72,7 +72,7 @@ def compare_models(original: PathLike, fused: PathLike, *, device: Device = "cpu
 
 
 def bench(original: PathLike, fused: PathLike, *, device: Device = "cpu", batch: int = 2,
-          seq: int = 16, warmup: int = 3, repeat: int = 10, threads: int = 0, torch: bool = True,
+          seq: int = 16, warmup: int = 3, repeat: int = 20, threads: int = 0, torch: bool = True,
           force: bool = False, report: PathLike | None = None,
           backends: tuple[Backend, ...] = ("default",)) -> BenchResult:
     """``onnxfuse bench`` (:class:`~onnxfuse.pipeline.configs.BenchConfig`'s fields)."""

@@ -178,7 +178,9 @@ def _run_bench(config: BenchConfig) -> int:
     for c in result.cases:
         print(f"{c['name']!s:<16s} {c['median_ms']:>10.3f} {c['p20_ms']:>9.3f} {c['p80_ms']:>9.3f} "
               f"{c['speedup_vs_unfused']:>10.3f}")
-    print(f"speedup (unfused / fused): {result.speedup:.3f}")
+    for backend, s in result.intervals.items():
+        print(f"speedup (unfused / fused[{backend}]): {s.value:.3f}, 95% CI [{s.low:.3f}, {s.high:.3f}] over "
+              f"{s.rounds} paired rounds" + ("  (too noisy to tell: see the warning)" if s.noisy else ""))
     return 0
 
 

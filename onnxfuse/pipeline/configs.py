@@ -183,8 +183,10 @@ class ParityConfig:
 class BenchConfig:
     """Time ``original`` and ``fused`` (and torch eager, where the source is known).
 
-    Sessions use ORT's default graph optimizations (what a user runs); ``repeat`` rounds
-    each run every case once, in turn, after ``warmup`` rounds. ``backends`` are the fused
+    Sessions use ORT's default graph optimizations (what a user runs), without thread
+    spinning; ``repeat`` rounds each run every case once, the order reversed every other
+    round, after ``warmup`` rounds that also calibrate the calls per sample. The speedup is
+    paired per round, with a 95% interval (onnxfuse.pipeline.bench). ``backends`` are the fused
     graph's (:data:`BACKENDS`), each its own case ``fused[BACKEND]``; ``speedup`` is the
     first one's.
     """
@@ -195,7 +197,8 @@ class BenchConfig:
     batch: int = field(default=2, metadata=cli(parse=positive_int, help="batch of the inputs"))
     seq: int = field(default=16, metadata=cli(parse=positive_int, help="sequence length of the inputs"))
     warmup: int = field(default=3, metadata=cli(help="untimed rounds first"))
-    repeat: int = field(default=10, metadata=cli(parse=positive_int, help="timed rounds"))
+    repeat: int = field(default=20, metadata=cli(parse=positive_int, help="timed rounds (each gives one "
+                                                                          "paired ratio for the interval)"))
     threads: int = field(default=0, metadata=cli(help="intra-op threads (default: 0, ORT's choice)"))
     torch: bool = field(default=True, metadata=cli(help="skip torch eager"))
     force: bool = field(default=False, metadata=cli(help="replace an existing --json report"))

@@ -88,7 +88,7 @@ def test_genai_runs_the_written_folder_with_the_plugin_and_gives_the_same_tokens
     assert tokens == _greedy(folder, prompt, 16) and len(tokens) == len(prompt) + 16
     # genai really loads the library the config names: a broken one fails the model's load.
     (out / library).write_bytes(b"not a library")
-    with pytest.raises(Exception, match="(?i)custom op|library|load|invalid ELF|file too short"):
+    with pytest.raises(Exception, match=r"(?i)libonnxfuse_ort\.so|custom op"):
         _greedy(out, prompt, 2)
 
 

@@ -178,7 +178,8 @@ def bench(config: BenchConfig) -> BenchResult:
                       "batch": config.batch, "seq": config.seq, "model": original.source or config.original.name,
                       "calls_per_sample": calls[name], **meta,
                       "speedup_vs_unfused": paired_speedup(times["unfused"], ts).value})
-    intervals = {b: paired_speedup(times["unfused"], times[f"fused[{b}]"]) for b in dict.fromkeys(config.backends)}
+    intervals: dict[str, Speedup] = {b: paired_speedup(times["unfused"], times[f"fused[{b}]"])
+                                     for b in dict.fromkeys(config.backends)}
     speedups = {b: s.value for b, s in intervals.items()}
     result = BenchResult(tuple(cases), speedups[config.backends[0]], speedups, intervals)
     for b, s in intervals.items():

@@ -20,11 +20,13 @@ from onnxfuse.numerics import DType
 from onnxfuse.pipeline import sessions
 from onnxfuse.pipeline.bench import BenchResult
 from onnxfuse.pipeline.bench import bench as _bench
-from onnxfuse.pipeline.configs import Backend, BenchConfig, Device, ParityConfig
+from onnxfuse.pipeline.configs import Backend, BenchConfig, Device, GenerateConfig, ParityConfig
 from onnxfuse.pipeline.genai import FolderRewrite, rewrite_any
+from onnxfuse.pipeline.generate import GenerateResult
+from onnxfuse.pipeline.generate import generate as _generate
 from onnxfuse.pipeline.parity import ParityResult, parity
 
-__all__ = ["bench", "compare_models", "export", "fuse", "session"]
+__all__ = ["bench", "compare_models", "export", "fuse", "generate", "session"]
 
 PathLike = str | os.PathLike[str]
 
@@ -79,3 +81,13 @@ def bench(original: PathLike, fused: PathLike, *, device: Device = "cpu", batch:
     return _bench(BenchConfig(Path(original), Path(fused), device=device, batch=batch, seq=seq,
                               warmup=warmup, repeat=repeat, threads=threads, torch=torch,
                               force=force, report=_path(report), backends=tuple(backends)))
+
+
+def generate(model: PathLike, *, prompt: str | None = None, ids: tuple[int, ...] | None = None,
+             max_new_tokens: int = 32, stop_at_eos: bool = True, device: Device = "cpu",
+             backend: Backend = "default", report: PathLike | None = None, force: bool = False) -> GenerateResult:
+    """``onnxfuse generate``: greedy tokens from a decoder with a KV cache
+    (:class:`~onnxfuse.pipeline.configs.GenerateConfig`'s fields)."""
+    return _generate(GenerateConfig(Path(model), prompt=prompt, ids=None if ids is None else tuple(ids),
+                                    max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, device=device,
+                                    backend=backend, report=_path(report), force=force))

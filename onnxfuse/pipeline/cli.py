@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import onnxfuse
 from onnxfuse import ops
 from onnxfuse.errors import OnnxfuseError, first_line
-from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, Option, ParityConfig, positive_int
+from onnxfuse.pipeline.configs import (
+    BenchConfig,
+    DemoConfig,
+    GenerateConfig,
+    Option,
+    ParityConfig,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from onnxfuse.exporters import ExportConfig, VerifyShape
@@ -184,6 +191,19 @@ def _run_bench(config: BenchConfig) -> int:
     return 0
 
 
+def _run_generate(config: GenerateConfig) -> int:
+    from onnxfuse.pipeline.generate import generate
+
+    result = generate(config)
+    print(result.text if result.text is not None else ",".join(map(str, result.tokens)))
+    decode = result.decode_tokens_per_s
+    print(f"{len(result.tokens)} token(s) after {len(result.prompt_ids)}; prefill "
+          f"{result.prefill_tokens_per_s:.1f} tokens/s, decode "
+          f"{'n/a' if decode is None else f'{decode:.1f}'} tokens/s; fused nodes on {result.implementation}",
+          file=sys.stderr)
+    return 0
+
+
 def _run_demo(config: DemoConfig) -> int:
     _quiet_torch()
     from onnxfuse.pipeline.demo import run_demo
@@ -330,9 +350,20 @@ _COMMANDS = {
         "time the unfused graph, the fused graph and torch eager",
         "Time the unfused and the fused graph in ONNX Runtime (default graph optimizations, "
         "as users run them) and torch eager where the model records its source, interleaved "
-        "in one run: warm-up rounds, then the median of --repeat rounds, with p20/p80.",
+        "in one run (no thread spinning, the order reversed every other round): medians with "
+        "p20/p80, and the speedup paired per round with its 95% confidence interval; a "
+        "warning when the machine is too noisy to tell.",
         _run_bench, lambda: BenchConfig,
         triton_on_cpu=lambda c: "triton" in c.backends and c.device == "cpu"),
+    "generate": _Command(
+        "greedy generation with the model's KV cache in ONNX Runtime",
+        "Greedy generation from a decoder with a KV cache (`export --with-past`, or an "
+        "onnxruntime-genai or optimum decoder with the same input and output names, or a genai "
+        "folder): the prompt runs once as a prefill, then one token per step with the cache "
+        "kept in ONNX Runtime (I/O binding, never re-fed). Prints the text (or the ids) and "
+        "prefill and decode tokens/s.",
+        _run_generate, lambda: GenerateConfig,
+        triton_on_cpu=lambda c: c.backend == "triton" and c.device == "cpu"),
     "view": _Command(
         "serve a model with Netron on a loopback port",
         "Serve MODEL with Netron on 127.0.0.1, print the URL, open the browser unless "

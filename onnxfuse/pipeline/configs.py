@@ -26,11 +26,13 @@ __all__ = [
     "BenchConfig",
     "DemoConfig",
     "Device",
+    "GenerateConfig",
     "Option",
     "ParityConfig",
     "cli",
     "parse_backends",
     "parse_ceiling",
+    "parse_ids",
     "positive_int",
 ]
 
@@ -125,6 +127,17 @@ def parse_ceiling(text: str) -> tuple[str, float]:
         raise ValueError(f"expected OUTPUT=CEILING, e.g. logits=1e-4, got {text!r}") from None
 
 
+def parse_ids(text: str) -> tuple[int, ...]:
+    """Comma-separated token ids, e.g. ``1,2,3``."""
+    try:
+        ids = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected token ids like 1,2,3, got {text!r}") from None
+    if any(i < 0 for i in ids):
+        raise ValueError(f"token ids are >= 0, got {text!r}")
+    return ids
+
+
 def _check_choices(what: str, values: tuple[str, ...], choices: tuple[str, ...]) -> None:
     unknown = [v for v in values if v not in choices]
     if unknown or not values:
@@ -216,6 +229,40 @@ class BenchConfig:
         _check_choices("backend", self.backends, BACKENDS)
         _check_at_least(1, batch=self.batch, seq=self.seq, repeat=self.repeat)
         _check_at_least(0, warmup=self.warmup, threads=self.threads)
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """Greedy generation with a decoder's KV cache (onnxfuse.pipeline.generate): ``prompt``
+    through the model's tokenizer, or ``ids``; ``max_new_tokens`` new tokens, fewer when the
+    tokenizer's end-of-sequence token comes (unless ``stop_at_eos`` is false)."""
+
+    model: Path = field(metadata=cli(positional=True, metavar="MODEL.onnx|GENAI_FOLDER", help=(
+        "a decoder with a KV cache (`export --with-past`, genai's or optimum's names), or an "
+        "onnxruntime-genai model folder")))
+    prompt: str | None = field(default=None, metadata=cli(metavar="TEXT", help=(
+        "the prompt, through the tokenizer beside the model (tokenizer.json) or of its recorded "
+        "checkpoint")))
+    ids: tuple[int, ...] | None = field(default=None, metadata=cli(
+        parse=parse_ids, metavar="1,2,3", help="the prompt as token ids (no tokenizer needed)"))
+    max_new_tokens: int = field(default=32, metadata=cli(parse=positive_int, metavar="N",
+                                                         help="how many tokens to generate"))
+    stop_at_eos: bool = field(default=True, metadata=cli(
+        help="keep generating past the tokenizer's end-of-sequence token"))
+    device: Device = field(default="cpu", metadata=cli(help=_DEVICE_HELP))
+    backend: Backend = field(default="default", metadata=cli(help=f"how the fused nodes run: {_BACKEND_HELP}"))
+    report: Path | None = field(default=None, metadata=cli(flags=("--json",), metavar="REPORT.json",
+                                                           help="write the JSON report (tokens, tokens/s)"))
+    force: bool = field(default=False, metadata=cli(help="replace an existing --json report"))
+
+    def __post_init__(self) -> None:
+        """Raises: UserError: an unknown device or backend, a count below 1, both a prompt
+        and ids (API callers skip the CLI's checks)."""
+        _check_choices("device", (self.device,), DEVICES)
+        _check_choices("backend", (self.backend,), BACKENDS)
+        _check_at_least(1, max_new_tokens=self.max_new_tokens)
+        if self.prompt is not None and self.ids is not None:
+            raise UserError("pass --prompt or --ids, not both")
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:

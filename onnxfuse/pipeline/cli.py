@@ -316,7 +316,8 @@ _COMMANDS = {
         "Export a model with torch.onnx.export (dynamic batch and sequence axes, weights in "
         "OUT.onnx.data), check it with onnx.checker, and verify it in ONNX Runtime (CPU, "
         "graph optimizations disabled) against torch eager on the example inputs and on "
-        "batch=1 seq=37. Nothing is written unless every check passes.",
+        "batch=1 seq=37 (--with-past: a prefill on the example inputs, the decode step after "
+        "it, and 3 tokens on a cache of 37). Nothing is written unless every check passes.",
         _run_export, functools.partial(_import, "onnxfuse.exporters", "ExportConfig"), _EXPORT_OPTIONS),
     "rewrite": _Command(
         f"fuse every gated MLP into one {_FUSED.qualified_name} node",

@@ -38,12 +38,13 @@ def _path(p: PathLike | None) -> Path | None:
 def export(model: str, output: PathLike, *, part: Part = "full", exporter: Exporter = "dynamo",
            dtype: DType = "float32", opset: int | None = None, batch: int | None = None,
            seq: int | None = None, seed: int = 0, verify: bool = True, rel_l2: float | None = None,
-           force: bool = False, mlp_layer: int = 0) -> ExportResult:
+           force: bool = False, mlp_layer: int = 0, with_past: bool = False) -> ExportResult:
     """``onnxfuse export``: export and verify ``model`` to ``output``
     (:class:`~onnxfuse.exporters.ExportConfig`'s fields)."""
     return _export(ExportConfig(model, Path(output), part=part, exporter=exporter, dtype=dtype,
                                 opset=opset, batch=batch, seq=seq, seed=seed, verify=verify,
-                                rel_l2=rel_l2, force=force, mlp_layer=mlp_layer))
+                                rel_l2=rel_l2, force=force, mlp_layer=mlp_layer,
+                                with_past=with_past))
 
 
 def fuse(model: PathLike, output: PathLike, *, report: PathLike | None = None, unfuse: bool = False,

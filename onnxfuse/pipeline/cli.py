@@ -12,6 +12,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -98,13 +99,33 @@ def _quiet_torch() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _fmt_checks(checks: Sequence[VerifyShape]) -> list[str]:
+def _fmt_checks(checks: Sequence[VerifyShape], past: bool = False) -> list[str]:
     rows = []
     for c in checks:
+        where = f"batch={c.batch:<3d} seq={c.seq:<5d}" + (f" past={c.past:<5d}" if past else "")
         for o in c.outputs:
-            rows.append(f"  batch={c.batch:<3d} seq={c.seq:<5d} {o.name:<14s} rel_l2={o.rel_l2:.2e} "
+            rows.append(f"  {where} {o.name:<22s} rel_l2={o.rel_l2:.2e} "
                         f"max_abs={o.max_abs:.2e} limit={o.limit:.0e} {'ok' if o.passed else 'FAIL'}")
     return rows
+
+
+_PER_LAYER = re.compile(r"(.+)\.(\d+)\.([^.]+)")
+
+
+def _fmt_names(names: Sequence[str]) -> str:
+    """``names``, a KV cache's per-layer ones (``past_key_values.0.key``, ...) collapsed into
+    one entry (``past_key_values.{0..29}.key/.value``): 30 layers make 60 names."""
+    shown: dict[str, tuple[list[int], list[str]]] = {}
+    for name in names:
+        match = _PER_LAYER.fullmatch(name)
+        if match is None:
+            shown[name] = ([], [])
+            continue
+        layers, suffixes = shown.setdefault(match[1], ([], []))
+        layers.append(int(match[2]))
+        suffixes.append(match[3])
+    return ", ".join(name if not layers else f"{name}.{{{min(layers)}..{max(layers)}}}."
+                     + "/.".join(dict.fromkeys(suffixes)) for name, (layers, suffixes) in shown.items())
 
 
 def _run_export(config: ExportConfig) -> int:
@@ -117,10 +138,10 @@ def _run_export(config: ExportConfig) -> int:
     print(f"  model:   {result.onnx_path}")
     if result.data_path:
         print(f"  weights: {result.data_path}")
-    print(f"  inputs:  {', '.join(result.input_names)}; outputs: {', '.join(result.output_names)}")
+    print(f"  inputs:  {_fmt_names(result.input_names)}; outputs: {_fmt_names(result.output_names)}")
     if result.checks:
         print("  verified against torch eager (ONNX Runtime CPU, optimizations disabled):")
-        print("\n".join(_fmt_checks(result.checks)))
+        print("\n".join(_fmt_checks(result.checks, past=result.with_past)))
     else:
         print("  NOT verified against torch (--no-verify); onnx.checker passed")
     return 0
@@ -282,6 +303,10 @@ _EXPORT_OPTIONS = {
                           "the dtype: 1e-5 float32, 5e-3 float16, 2e-2 bfloat16)"),
     "verify": Option(help="skip the ONNX Runtime vs torch check (onnx.checker still runs)"),
     "force": Option(help="replace an existing output"),
+    "with_past": Option(help="the decoder with a KV cache (--part full only): inputs input_ids, "
+                             "attention_mask, position_ids, past_key_values.{i}.key/.value; outputs "
+                             "logits, present.{i}.key/.value (onnxruntime-genai's and optimum's names); "
+                             "verified at a prefill and at a decode step"),
 }
 _REWRITE_OPTIONS = {
     "input": Option(positional=True, metavar="IN.onnx|GENAI_FOLDER",
@@ -323,7 +348,8 @@ _COMMANDS = {
         "Export a model with torch.onnx.export (dynamic batch and sequence axes, weights in "
         "OUT.onnx.data), check it with onnx.checker, and verify it in ONNX Runtime (CPU, "
         "graph optimizations disabled) against torch eager on the example inputs and on "
-        "batch=1 seq=37. Nothing is written unless every check passes.",
+        "batch=1 seq=37 (--with-past: a prefill on the example inputs, the decode step after "
+        "it, and 3 tokens on a cache of 37). Nothing is written unless every check passes.",
         _run_export, functools.partial(_import, "onnxfuse.exporters", "ExportConfig"), _EXPORT_OPTIONS),
     "rewrite": _Command(
         f"fuse every gated MLP into one {_FUSED.qualified_name} node",

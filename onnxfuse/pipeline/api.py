@@ -77,11 +77,11 @@ def compare_models(original: PathLike, fused: PathLike, *, device: Device = "cpu
 def bench(original: PathLike, fused: PathLike, *, device: Device = "cpu", batch: int = 2,
           seq: int = 16, warmup: int = 3, repeat: int = 20, threads: int = 0, torch: bool = True,
           force: bool = False, report: PathLike | None = None,
-          backends: tuple[Backend, ...] = ("default",)) -> BenchResult:
+          backends: tuple[Backend, ...] = ("default",), decode: int = 0) -> BenchResult:
     """``onnxfuse bench`` (:class:`~onnxfuse.pipeline.configs.BenchConfig`'s fields)."""
     return _bench(BenchConfig(Path(original), Path(fused), device=device, batch=batch, seq=seq,
                               warmup=warmup, repeat=repeat, threads=threads, torch=torch,
-                              force=force, report=_path(report), backends=tuple(backends)))
+                              force=force, report=_path(report), backends=tuple(backends), decode=decode))
 
 
 def generate(model: PathLike, *, prompt: str | None = None, ids: tuple[int, ...] | None = None,

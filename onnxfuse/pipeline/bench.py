@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from onnxfuse import __version__
+from onnxfuse.errors import UserError
 from onnxfuse.fileio import check_output, write_report
 from onnxfuse.pipeline import sessions
 from onnxfuse.pipeline.configs import BenchConfig
@@ -113,6 +114,65 @@ def _machine() -> dict[str, object]:
             "onnxfuse": __version__}
 
 
+def _forward_runs(config: BenchConfig, made: dict[str, Any], feeds: dict[str, Any],
+                  source: Any) -> dict[str, Callable[[], object]]:
+    """One forward pass per call: each ORT session of ``made`` on ``feeds``, and torch eager."""
+    paths = {name: config.original if name == "unfused" else config.fused for name in made}
+    runs: dict[str, Callable[[], object]] = {
+        name: functools.partial(sessions.run, sess, feeds, paths[name]) for name, sess in made.items()}
+    if config.torch and source is not None:
+        import torch
+
+        ex, tensors = source
+
+        def eager() -> object:
+            with torch.no_grad():
+                return ex.module(*tensors)
+        runs["torch_eager"] = eager
+    return runs
+
+
+def _decode_runs(config: BenchConfig, info: sessions.ModelInfo, made: dict[str, Any], feeds: dict[str, Any],
+                 source: Any) -> dict[str, Callable[[], object]]:
+    """Greedy generation of ``config.decode`` tokens per call after the ``seq``-token prompt of
+    ``feeds``, the cache kept in ORT (:mod:`onnxfuse.pipeline.generate`), and in torch eager
+    with transformers' own cache; each call returns its mean milliseconds per decode step."""
+    from onnxfuse.pipeline.generate import Decoder, greedy
+
+    if not sessions.is_decoder(info):
+        raise UserError(f"--decode times generation with a KV cache, and {config.original} has none "
+                        "(inputs past_key_values.*): export the model with --with-past")
+    prompt = [int(t) for t in feeds["input_ids"][0]]
+    runs: dict[str, Callable[[], object]] = {}
+    for name, sess in made.items():
+        path = config.original if name == "unfused" else config.fused
+        decoder = Decoder(path, sess, sessions.model_info(path))
+
+        def step_ms(decoder: Decoder = decoder) -> float:
+            _, _, steps = greedy(decoder, prompt, config.decode)
+            return 1e3 * sum(steps) / max(len(steps), 1)
+        runs[name] = step_ms
+    lm = getattr(source[0].module, "model", None) if source is not None else None
+    if config.torch and lm is not None:
+        runs["torch_eager"] = functools.partial(_torch_decode_ms, lm, prompt, config.decode)
+    return runs
+
+
+def _torch_decode_ms(lm: Any, prompt: list[int], tokens: int) -> float:
+    """Greedy decoding in torch eager with transformers' cache: mean ms per decode step."""
+    import torch
+
+    steps = []
+    with torch.no_grad():
+        out = lm(input_ids=torch.tensor([prompt]), use_cache=True)
+        for _ in range(tokens - 1):
+            token = out.logits[:, -1:].argmax(-1)
+            start = time.perf_counter()
+            out = lm(input_ids=token, cache=out.cache, use_cache=True)
+            steps.append(time.perf_counter() - start)
+    return 1e3 * sum(steps) / max(len(steps), 1)
+
+
 def bench(config: BenchConfig) -> BenchResult:
     """Interleaved, paired timings of each case (see the module's docstring); ``speedup`` is
     unfused / fused with its 95% interval."""
@@ -130,24 +190,18 @@ def bench(config: BenchConfig) -> BenchResult:
         return so
 
     feeds, source = sessions.make_inputs(original, config.batch, config.seq)
-    runs: dict[str, Callable[[], object]] = {}
-    unfused = sessions.session(config.original, device=config.device, optimize=True, options=options(None))
-    runs["unfused"] = lambda: sessions.run(unfused, feeds, config.original)
+    sessions_ = {"unfused": sessions.session(config.original, device=config.device, optimize=True,
+                                             options=options(None))}
     for backend in dict.fromkeys(config.backends):
         factory = sessions.plugin_options(backend, config.device)
-        fused = sessions.session(config.fused, device=config.device, optimize=True, options=options(factory))
-        runs[f"fused[{backend}]"] = functools.partial(sessions.run, fused, feeds, config.fused)
-    if config.torch and source is not None:
+        sessions_[f"fused[{backend}]"] = sessions.session(config.fused, device=config.device, optimize=True,
+                                                          options=options(factory))
+    if config.torch and source is not None and config.threads:
         import torch
 
-        ex, tensors = source
-        if config.threads:
-            torch.set_num_threads(config.threads)
-
-        def eager() -> object:
-            with torch.no_grad():
-                return ex.module(*tensors)
-        runs["torch_eager"] = eager
+        torch.set_num_threads(config.threads)
+    runs = (_decode_runs(config, original, sessions_, feeds, source) if config.decode
+            else _forward_runs(config, sessions_, feeds, source))
     calls = {name: 1 for name in runs}
     times: dict[str, list[float]] = {name: [] for name in runs}
     onnx_cases = [name for name in runs if name != "torch_eager"]
@@ -159,12 +213,12 @@ def bench(config: BenchConfig) -> BenchResult:
             fn, n = runs[name], calls[name]
             start = time.perf_counter()
             for _ in range(n):
-                fn()
-            ms = (time.perf_counter() - start) * 1e3 / n
-            if round_ < config.warmup:  # calibrate: enough calls for a sample of >= _SAMPLE_MS
-                calls[name] = max(1, min(_MAX_CALLS, math.ceil(_SAMPLE_MS / max(ms, 1e-3))))
-            else:
+                own = fn()  # a decode case times its own steps (the prefill excluded)
+            ms = own if isinstance(own, float) else (time.perf_counter() - start) * 1e3 / n
+            if round_ >= config.warmup:
                 times[name].append(ms)
+            elif not config.decode:  # calibrate: enough calls for a sample of >= _SAMPLE_MS
+                calls[name] = max(1, min(_MAX_CALLS, math.ceil(_SAMPLE_MS / max(ms, 1e-3))))
         if "torch_eager" in runs:
             time.sleep(_TORCH_PAUSE_S)
         log.debug("bench round %d/%d", round_ + 1, config.warmup + config.repeat)
@@ -177,6 +231,8 @@ def bench(config: BenchConfig) -> BenchResult:
                       "min_ms": min(ts), "repeat": len(ts), "device": config.device,
                       "batch": config.batch, "seq": config.seq, "model": original.source or config.original.name,
                       "calls_per_sample": calls[name], **meta,
+                      **({"decode_tokens": config.decode, "decode_tokens_per_s": 1e3 / median[name]}
+                         if config.decode else {}),
                       "speedup_vs_unfused": paired_speedup(times["unfused"], ts).value})
     intervals: dict[str, Speedup] = {b: paired_speedup(times["unfused"], times[f"fused[{b}]"])
                                      for b in dict.fromkeys(config.backends)}

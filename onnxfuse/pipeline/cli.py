@@ -202,10 +202,12 @@ def _run_bench(config: BenchConfig) -> int:
     from onnxfuse.pipeline.bench import bench
 
     result = bench(config)
-    print(f"{'case':<16s} {'median ms':>10s} {'p20':>9s} {'p80':>9s} {'x unfused':>10s}")
+    unit = "ms/token" if config.decode else "median ms"
+    print(f"{'case':<16s} {unit:>10s} {'p20':>9s} {'p80':>9s} {'x unfused':>10s}"
+          + (f" {'tokens/s':>10s}" if config.decode else ""))
     for c in result.cases:
         print(f"{c['name']!s:<16s} {c['median_ms']:>10.3f} {c['p20_ms']:>9.3f} {c['p80_ms']:>9.3f} "
-              f"{c['speedup_vs_unfused']:>10.3f}")
+              f"{c['speedup_vs_unfused']:>10.3f}" + (f" {c['decode_tokens_per_s']:>10.1f}" if config.decode else ""))
     for backend, s in result.intervals.items():
         print(f"speedup (unfused / fused[{backend}]): {s.value:.3f}, 95% CI [{s.low:.3f}, {s.high:.3f}] over "
               f"{s.rounds} paired rounds" + ("  (too noisy to tell: see the warning)" if s.noisy else ""))

@@ -221,6 +221,10 @@ class BenchConfig:
         flags=("--backend",), parse=parse_backends, metavar="LIST",
         help=f"the fused graph's backends to time: several, comma-separated, each its own case, "
              f"or all; {_BACKEND_HELP}"))
+    decode: int = field(default=0, metadata=cli(metavar="N", help=(
+        "time greedy generation of N tokens with the KV cache (decoders exported --with-past) after "
+        "a --seq-token prompt: milliseconds per decode step and tokens/s per case (torch eager with "
+        "its own cache); 0: one forward pass")))
 
     def __post_init__(self) -> None:
         """Raises: UserError: an unknown device, no or an unknown backend, a count out of
@@ -228,7 +232,11 @@ class BenchConfig:
         _check_choices("device", (self.device,), DEVICES)
         _check_choices("backend", self.backends, BACKENDS)
         _check_at_least(1, batch=self.batch, seq=self.seq, repeat=self.repeat)
-        _check_at_least(0, warmup=self.warmup, threads=self.threads)
+        _check_at_least(0, warmup=self.warmup, threads=self.threads, decode=self.decode)
+        if self.decode == 1:
+            raise UserError("--decode 1 has no decode step to time (the first token comes from the prompt): "
+                            "use 2 or more")
+
 
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:

@@ -109,10 +109,8 @@ class Decoder:
             self.sess.run_with_iobinding(binding)
         except Exception as e:
             raise InvalidModelError(f"ONNX Runtime cannot run {self.path}: {first_line(e)}") from None
-        values = binding.get_outputs()
-        names = [o.name for o in self.sess.get_outputs()]
-        by_name = dict(zip(names, values, strict=True)) if len(values) == len(names) else \
-            dict(zip(["logits", *self.present], values, strict=True))
+        # In the order they were bound (not the session's output order).
+        by_name = dict(zip(["logits", *self.present], binding.get_outputs(), strict=True))
         self.cache = [by_name[n] for n in self.present]
         self.length += seq
         logits = by_name["logits"].numpy()

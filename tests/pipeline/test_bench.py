@@ -11,6 +11,7 @@ import onnxfuse
 from onnxfuse.exporters import ExportConfig, export
 from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 from tests.conftest import run_cli
+from tests.helpers import Exports
 
 
 def test_bench_reports_cases_and_speedup(tmp_path: Path) -> None:
@@ -95,3 +96,25 @@ def test_bench_sessions_do_not_spin_and_torch_runs_last(tmp_path: Path, monkeypa
     # Round 1 unfused then fused, round 2 the reverse (calls per sample: 1 without warm-up).
     assert order == ["mlp.onnx", "fused.onnx", "fused.onnx", "mlp.onnx"]
     assert [c["name"] for c in result.cases][-1] == "torch_eager"
+
+
+def test_decode_bench_times_generation_with_the_cache(exports: Exports, tmp_path: Path) -> None:
+    """`--decode N` times N greedy tokens per case (ORT's cache through I/O binding, torch with
+    its own cache): ms per decode step, tokens/s, and the paired speedup of the two."""
+    src, fused = exports.fused_pair("tiny", with_past=True)
+    proc = run_cli(["bench", str(src), str(fused), "--decode", "6", "--seq", "5", "--repeat", "3", "--warmup", "1",
+                    "--json", str(tmp_path / "d.json"), "-q"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert [c["name"] for c in report["cases"]] == ["unfused", "fused[default]", "torch_eager"]
+    for case in report["cases"]:
+        assert case["decode_tokens"] == 6 and case["repeat"] == 3
+        assert case["decode_tokens_per_s"] == pytest.approx(1e3 / case["median_ms"])
+    assert "ms/token" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_decode_bench_of_a_model_without_a_cache_names_the_fix(exports: Exports) -> None:
+    src, fused = exports.fused_pair("tiny", "mlp")
+    proc = run_cli(["bench", str(src), str(fused), "--decode", "4", "-q"])
+    assert proc.returncode == 2 and "export the model with --with-past" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

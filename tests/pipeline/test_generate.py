@@ -33,12 +33,15 @@ def fused_llama(exports: Exports, tmp_path_factory: pytest.TempPathFactory) -> t
     return folder, out
 
 
-def test_every_step_matches_the_model_run_without_a_cache(fused_llama: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("producer", ["genai", "export --with-past"])
+def test_every_step_matches_the_model_run_without_a_cache(exports: Exports, fused_llama: tuple[Path, Path],
+                                                          producer: str) -> None:
     """Step k's logits (one token fed, the cache from ORT's own buffers) equal the last
     position of the whole sequence run from an empty cache: a cache dropped, re-fed, misaligned
-    (positions, mask) or stale changes them."""
-    original, _ = fused_llama
-    path = original / "model.onnx"
+    (positions, mask), stale or mixed up between layers changes them. genai lists its outputs
+    keys first, our exports layer by layer: both orders."""
+    path = (fused_llama[0] / "model.onnx" if producer == "genai"
+            else exports.export("tiny", with_past=True).onnx_path)
     info = sessions.model_info(path)
     decoder = Decoder(path, ort_session(path), info)
     tokens = list(PROMPT)
@@ -148,3 +151,21 @@ def test_fp16_generation_matches_the_uncached_model(exports: Exports) -> None:
     feeds["input_ids"] = np.asarray([tokens], dtype=feeds["input_ids"].dtype)
     full = sessions.session(path, optimize=True).run(["logits"], feeds)[0][:, -1]
     assert compare("last logits", logits, full.astype(np.float32), limit=tolerance("float16")).passed
+
+
+def test_an_export_with_past_generates_torchs_greedy_tokens(exports: Exports) -> None:
+    """`export --with-past` then `generate`: the fused and the unfused decoder give torch's own
+    greedy tokens (transformers' `generate` with its cache)."""
+    import torch
+
+    from onnxfuse import models
+
+    src, fused = exports.fused_pair("tiny", with_past=True)
+    ex = models.build("tiny", with_past=True)
+    with torch.no_grad():
+        want = ex.module.model.generate(torch.tensor([PROMPT]), max_new_tokens=10, min_new_tokens=10,
+                                        do_sample=False, attention_mask=torch.ones(1, len(PROMPT)))
+    want_tokens = tuple(int(t) for t in want[0, len(PROMPT):])
+    for model in (src, fused):
+        result = generate(GenerateConfig(model, ids=PROMPT, max_new_tokens=10, stop_at_eos=False))
+        assert result.tokens == want_tokens, model.name

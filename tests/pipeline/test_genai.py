@@ -73,7 +73,7 @@ def _greedy(folder: Path, prompt: list[int], new_tokens: int) -> list[int]:
     return [int(t) for t in generator.get_sequence(0)]
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma"])
+@pytest.mark.parametrize("family", list(GENAI_SPECS))
 def test_genai_runs_the_written_folder_with_the_plugin_and_gives_the_same_tokens(
         exports: Exports, family: str, tmp_path: Path) -> None:
     folder = exports.genai(family, "fp32")

@@ -92,8 +92,12 @@ def test_the_plugins_kernel_runs_each_layer_once_a_step(fused_llama: tuple[Path,
 
 
 @pytest.mark.interpreter
-def test_the_triton_backend_gives_the_function_bodys_tokens(fused_llama: tuple[Path, Path]) -> None:
-    _, fused = fused_llama
+@pytest.mark.parametrize("producer", ["genai", "export --with-past"])
+def test_the_triton_backend_gives_the_function_bodys_tokens(exports: Exports, fused_llama: tuple[Path, Path],
+                                                            producer: str) -> None:
+    """The Triton kernel (interpreted) through the plugin on a decoder's fused nodes: the
+    function body's tokens, one launch per layer per step."""
+    fused = fused_llama[1] if producer == "genai" else exports.fused_pair("tiny", with_past=True)[1]
     body = generate(GenerateConfig(fused, ids=PROMPT, max_new_tokens=4, stop_at_eos=False, backend="none"))
     before = bridge.calls()
     triton = generate(GenerateConfig(fused, ids=PROMPT, max_new_tokens=4, stop_at_eos=False, backend="triton"))
@@ -169,3 +173,34 @@ def test_an_export_with_past_generates_torchs_greedy_tokens(exports: Exports) ->
     for model in (src, fused):
         result = generate(GenerateConfig(model, ids=PROMPT, max_new_tokens=10, stop_at_eos=False))
         assert result.tokens == want_tokens, model.name
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow  # the with-past export: 2.5-3 min, shared with tests/exporters/test_export_past.py
+def test_smollm2_with_past_generates_torchs_32_greedy_tokens(exports: Exports) -> None:
+    """The real checkpoint: `generate` on the fused and the unfused with-past export gives the
+    32 tokens of transformers' greedy `generate` (its own cache) for the prompt through the
+    GGUF's tokenizer, and the kernel path (the plugin's exact CPU kernel) the same."""
+    import torch
+
+    from onnxfuse import models
+    from onnxfuse.kernels import ort as plugin
+    from onnxfuse.pipeline.generate import find_tokenizer, greedy
+
+    src, fused = exports.fused_pair("smollm2", with_past=True)
+    tok = find_tokenizer(src, sessions.model_info(src))
+    assert tok is not None
+    ids = tuple(tok.encode("The capital of France is"))
+    ex = models.build("smollm2", with_past=True)
+    with torch.no_grad():
+        out = ex.module.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
+                                       max_new_tokens=32, min_new_tokens=32, do_sample=False)
+    want = tuple(int(t) for t in out[0, len(ids):])
+    for model in (src, fused):
+        assert generate(GenerateConfig(model, ids=ids, max_new_tokens=32, stop_at_eos=False)).tokens == want
+    decoder = Decoder(fused, sessions.session(fused, optimize=True, options=plugin.session_options(cpu_kernel="matmul")),
+                      sessions.model_info(fused))
+    before = bridge.kernel_runs("matmul")
+    tokens, _, steps = greedy(decoder, ids, 32)
+    assert tuple(tokens) == want and bridge.kernel_runs("matmul") - before == 30 * (1 + len(steps))
+    assert "Paris" in tok.decode(list(want))

@@ -55,7 +55,8 @@ def main() -> int:
     ex = models.build(args.model, with_past=True)
     with torch.no_grad():
         out = ex.module.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
-                                       max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
+                                       max_new_tokens=args.tokens, do_sample=False,
+                                       eos_token_id=None)  # no stop, no end-of-sequence suppression
     torch_tokens = [int(t) for t in out[0, len(ids):]]
     bench = onnxfuse.bench(src, fused, decode=args.tokens, seq=len(ids), batch=1, repeat=args.repeat,
                            warmup=2, force=True)

@@ -167,8 +167,8 @@ def test_an_export_with_past_generates_torchs_greedy_tokens(exports: Exports) ->
     src, fused = exports.fused_pair("tiny", with_past=True)
     ex = models.build("tiny", with_past=True)
     with torch.no_grad():
-        want = ex.module.model.generate(torch.tensor([PROMPT]), max_new_tokens=10, min_new_tokens=10,
-                                        do_sample=False, attention_mask=torch.ones(1, len(PROMPT)))
+        want = ex.module.model.generate(torch.tensor([PROMPT]), max_new_tokens=10, do_sample=False,
+                                        attention_mask=torch.ones(1, len(PROMPT)), eos_token_id=None)
     want_tokens = tuple(int(t) for t in want[0, len(PROMPT):])
     for model in (src, fused):
         result = generate(GenerateConfig(model, ids=PROMPT, max_new_tokens=10, stop_at_eos=False))
@@ -194,7 +194,8 @@ def test_smollm2_with_past_generates_torchs_32_greedy_tokens(exports: Exports) -
     ex = models.build("smollm2", with_past=True)
     with torch.no_grad():
         out = ex.module.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
-                                       max_new_tokens=32, min_new_tokens=32, do_sample=False)
+                                       max_new_tokens=32, do_sample=False,
+                                       eos_token_id=None)  # no stop, and no end-of-sequence suppression
     want = tuple(int(t) for t in out[0, len(ids):])
     for model in (src, fused):
         assert generate(GenerateConfig(model, ids=ids, max_new_tokens=32, stop_at_eos=False)).tokens == want

@@ -4,7 +4,11 @@ ONNX, ONNX Runtime or onnx_ir touches the file.
 It parses the protobuf without external data, then checks what those libraries would
 trust: the IR version and opset imports, every tensor (graph and subgraph initializers,
 sparse initializers, node attributes, function bodies, training graphs), the model-local
-function call graph, the declared inputs, then ``onnx.checker``. External data is accepted
+function call graph, the declared inputs, then ``onnx.checker``. Ops that ONNX has no schema
+for but ONNX Runtime has (its contrib ops, such as ``SimplifiedLayerNormalization`` that
+onnxruntime-genai's builder writes in the default domain, or anything in ``com.microsoft``)
+are no reason to refuse a model that ORT runs: their nodes are checked for structure only,
+and :func:`read_model_notes` says which were. External data is accepted
 only where ``onnx_ir`` and ONNX Runtime both resolve it against the model's folder
 (initializers of the main graph and of its subgraphs), and only as a plain relative path
 to a regular, singly linked file inside that folder, with its range inside the file.
@@ -29,7 +33,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxfuse.errors import InvalidModelError, ModelNotFoundError, first_line
 
-__all__ = ["MAX_INPUT_ELEMENTS", "MAX_MODEL_BYTES", "read_model"]
+__all__ = ["MAX_INPUT_ELEMENTS", "MAX_MODEL_BYTES", "read_model", "read_model_notes"]
 
 # Protobuf cannot parse a message of 2 GiB or more: refuse such a file before reading it.
 MAX_MODEL_BYTES = 2**31 - 1
@@ -69,6 +73,7 @@ class _Checker:
         self.folder = Path(os.path.realpath(path.parent))
         self.model = model
         self.sizes: dict[str, int] = {}  # data file -> size, each checked once
+        self.notes: list[str] = []  # checks skipped, and why
 
     def fail(self, what: str, fix: str) -> InvalidModelError:
         return InvalidModelError(f"{self.path}: {what}: {fix}")
@@ -341,6 +346,42 @@ class _Checker:
                 if field.type == field.TYPE_MESSAGE:
                     self.strings(item, f"{where}.{field.name}")
 
+    def without_onnx_schemas(self, m: ModelProto) -> ModelProto:
+        """``m``, or a copy in which the nodes of default-domain ops that ONNX has no schema
+        for but ONNX Runtime has are moved to a domain the checker does not know (it then
+        checks their structure, not their attributes). Notes what was skipped: those ops and
+        the ops of other domains (which the checker never had schemas for)."""
+        calls = [*_calls(list(m.graph.node)), *(c for f in m.functions for c in _calls(list(f.node)))]
+        local = {(f.domain, f.name, f.overload) for f in m.functions}
+        counts: dict[tuple[str, str], int] = {}
+        for domain, op, overload in calls:
+            if (domain, op, overload) not in local:
+                key = ("" if domain in _DEFAULT_DOMAINS else domain, op)
+                counts[key] = counts.get(key, 0) + 1
+        unknown = {op for (domain, op) in counts if domain == "" and not onnx.defs.has(op)}
+        foreign = [key for key in counts if key[0] != "" and key[0] not in _LATEST_OPSETS]
+        ort_ops = _ort_schemas() if unknown or foreign else frozenset()
+        relabel = {op for op in unknown if ("", op) in ort_ops}
+        for (domain, op) in sorted(foreign + [("", op) for op in relabel]):
+            n = counts[(domain, op)]
+            shown = op if domain == "" else f"{domain}::{op}"
+            whose = "ONNX Runtime's own op" if (domain, op) in ort_ops else "an op ONNX Runtime does not define"
+            self.notes.append(f"onnx.checker has no schema for {shown} ({n} node{'s' * (n > 1)}; "
+                              f"{whose}): its nodes were checked for structure only")
+        if not relabel:
+            return m
+        copy = ModelProto()
+        copy.CopyFrom(m)
+        domain = "onnxfuse.ort_schema"
+        for graph_nodes in (list(copy.graph.node), *(list(f.node) for f in copy.functions)):
+            for node in _all_nodes(graph_nodes):
+                if node.domain in _DEFAULT_DOMAINS and node.op_type in relabel:
+                    node.domain = domain
+        copy.opset_import.add(domain=domain, version=1)
+        for f in copy.functions:
+            f.opset_import.add(domain=domain, version=1)
+        return copy
+
     def run(self) -> None:
         m = self.model
         if not m.HasField("graph"):
@@ -366,6 +407,7 @@ class _Checker:
                     del t.external_data[:]
                     t.dims[:] = [0]
                     t.raw_data = b""
+        checked = self.without_onnx_schemas(checked)
         try:
             onnx.checker.check_model(checked)
         except Exception as e:  # ValidationError, or whatever else the checker raises on it
@@ -399,6 +441,17 @@ def _initializers(g: GraphProto) -> Iterator[TensorProto]:
                 yield from sub.initializer
 
 
+def _ort_schemas() -> frozenset[tuple[str, str]]:
+    """(domain, op) of every op ONNX Runtime has a schema for, its own included; the default
+    domain as ``""``."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+    except ImportError:  # no ORT: nothing it would run is known, the checker decides
+        return frozenset()
+    return frozenset(("" if s.domain in _DEFAULT_DOMAINS else s.domain, s.name)
+                     for s in ort_c.get_all_operator_schema())
+
+
 def read_model(path: str | os.PathLike[str]) -> ModelProto:
     """Parse and check the model at ``path`` without loading its external data.
 
@@ -410,6 +463,12 @@ def read_model(path: str | os.PathLike[str]) -> ModelProto:
         InvalidModelError: it is not a regular file, not an ONNX model, or fails a check; the
             message names the file, the tensor or value at fault, and the fix.
     """
+    return read_model_notes(path)[0]
+
+
+def read_model_notes(path: str | os.PathLike[str]) -> tuple[ModelProto, list[str]]:
+    """:func:`read_model`, plus the checks it skipped and why, one line each (for reports):
+    the ops ``onnx.checker`` has no schema for that ONNX Runtime runs (its own ops)."""
     p = Path(path).expanduser().absolute()
     try:
         st = p.stat()
@@ -428,5 +487,6 @@ def read_model(path: str | os.PathLike[str]) -> ModelProto:
     except Exception as e:  # protobuf's DecodeError, and RecursionError for deep nesting
         raise InvalidModelError(f"{p} is not an ONNX model ({type(e).__name__}): "
                                 "name an .onnx file") from None
-    _Checker(p, model).run()
-    return model
+    checker = _Checker(p, model)
+    checker.run()
+    return model, checker.notes

@@ -66,7 +66,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # In CI a missing smollm2 package is a failure, not a skip.
     smol_missing = not has_smollm2() and not os.environ.get("CI")
     gpu_missing = not has_cuda()
+    from onnxfuse.kernels import interpreting
+
+    # A process runs Triton either compiled or interpreted, chosen when it starts: a GPU run
+    # (ONNXFUSE_TEST_GPU=1) cannot also interpret on CPU. The CPU run covers those tests.
+    skip_interp = pytest.mark.skip(reason="runs Triton on CPU in this process: needs the interpreter "
+                                          "(the run without ONNXFUSE_TEST_GPU covers it)")
+    no_interpreter = not interpreting()
     for item in items:
+        if no_interpreter and "interpreter" in item.keywords:
+            item.add_marker(skip_interp)
         if gpu_missing and "gpu" in item.keywords:
             item.add_marker(skip_gpu)
         if smol_missing and "smollm2" in item.keywords:

@@ -127,6 +127,20 @@ class Exports:
             return folder / "fused.onnx"
         return src, self.cached(f"{model}-{part}-{exporter}-{dtype}-fused", make)
 
+    def genai(self, family: str, precision: str = "fp32", **extra: str) -> Path:
+        """onnxruntime-genai's builder model folder for ``family`` (llama, qwen2, mistral,
+        phi3, gemma: the registry's tiny spec of each, :data:`tests.producers.GENAI_SPECS`) at
+        ``precision`` with builder options ``extra`` (one of
+        :data:`tests.producers.GENAI_BUILDS`); ``genai("llama", "hf")``: the Hugging Face
+        folder it was built from. The first call builds them all, in one process."""
+        from tests.producers import build_all, genai_key
+
+        built = self.cached("producers", lambda folder: build_all(folder))
+        key = f"hf-{family}" if precision == "hf" else genai_key(family, precision, tuple(extra.items()))
+        if key not in built:
+            raise KeyError(f"no build {key}: add it to tests.producers.GENAI_BUILDS")
+        return built[key]
+
     def cached(self, key: str, make: Callable[[Path], T]) -> T:
         """``make(folder)``'s result for ``key``, made once per run.
 

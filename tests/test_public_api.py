@@ -62,6 +62,7 @@ def test_error_exit_codes() -> None:
     assert onnxfuse.ExportError("x").exit_code == 3
 
 
+@pytest.mark.interpreter
 def test_python_api_mirrors_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = onnxfuse.export("tiny", tmp_path / "m.onnx", part="mlp")
     fused = onnxfuse.fuse(result.onnx_path, tmp_path / "f.onnx")

@@ -17,7 +17,7 @@ from onnxfuse.errors import InvalidModelError, RewriteError, first_line
 from onnxfuse.fileio import check_output, staged_outputs, write_report
 from onnxfuse.graph_rewrites._family import FusedNode, NearMiss
 from onnxfuse.graph_rewrites._pass import FusePass, FuseResult, UnfusePass, UnfuseResult
-from onnxfuse.modelfile import read_model
+from onnxfuse.modelfile import read_model_notes
 
 __all__ = ["RewriteConfig", "RewriteResult", "rewrite"]
 
@@ -43,13 +43,15 @@ class RewriteResult:
     skipped: tuple[NearMiss, ...]
     unfused: int
     seconds: float
+    # Input checks skipped, and why: ONNX Runtime's own ops, which onnx.checker has no schema for.
+    checks_skipped: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
             "input": str(self.input), "output": str(self.output), "fused": len(self.fused),
             "nodes": [n.as_dict() for n in self.fused],
             "skipped": [s.as_dict() for s in self.skipped], "unfused": self.unfused,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "checks_skipped": list(self.checks_skipped),
         }
 
 
@@ -71,10 +73,11 @@ def _typed_data_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
             yield t
 
 
-def _load(path: Path) -> ir.Model:
+def _load(path: Path) -> tuple[ir.Model, list[str]]:
+    """The model at ``path`` and the input checks skipped (see :func:`read_model_notes`)."""
     # The checked proto itself is deserialized (not the file read again, as ir.load would):
     # what was checked is what is rewritten.
-    proto = read_model(path)
+    proto, notes = read_model_notes(path)
     try:
         model = ir.serde.deserialize_model(proto)
         for tensor in _typed_data_tensors(model):
@@ -88,7 +91,7 @@ def _load(path: Path) -> ir.Model:
         first = first_line(reason)
         raise InvalidModelError(f"cannot read {path} as an ONNX model: {first}") from None
     ir.external_data.set_base_dir(model.graph, path.parent)
-    return model
+    return model, notes
 
 
 def rewrite(config: RewriteConfig) -> RewriteResult:
@@ -102,7 +105,7 @@ def rewrite(config: RewriteConfig) -> RewriteResult:
     src = Path(config.input).expanduser().absolute()
     out = check_output(config.output, force=config.force, inputs=[src])
     report = check_output(config.report, force=config.force, inputs=[src, out]) if config.report else None
-    model = _load(src)
+    model, notes = _load(src)
     fused: tuple[FusedNode, ...] = ()
     skipped: tuple[NearMiss, ...] = ()
     unfused = 0
@@ -118,7 +121,7 @@ def rewrite(config: RewriteConfig) -> RewriteResult:
             ir.save(model, stage / out.name, external_data=out.name + ".data")
         except Exception as e:
             raise RewriteError(f"cannot save the rewritten model: {e}") from e
-    result = RewriteResult(src, out, fused, skipped, unfused, time.perf_counter() - start)
+    result = RewriteResult(src, out, fused, skipped, unfused, time.perf_counter() - start, tuple(notes))
     if report is not None:
         write_report(report, result.as_dict())
     return result

@@ -63,7 +63,8 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType({s.name: s for s in (
     _spec("tiny-gemma", "gemma", 2, 16, "tiny Gemma: tanh-GELU-gated MLP, head_dim 16",
           num_key_value_heads=2, head_dim=16, hidden_activation="gelu_pytorch_tanh", **_TINY),
     _spec("tiny-phi3", "phi3", 2, 16, "tiny Phi-3: packed gate/up projection (one MatMul, then a split)",
-          num_key_value_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2, **_TINY),
+          num_key_value_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+          original_max_position_embeddings=256, **_TINY),  # = max: Phi-3-mini-4k's rope, no long-rope
     # Over protobuf's 2 GiB limit in float32 (2.21 GB): two decoder layers of Llama-3-8B's
     # shape. vocab = d_ff, so no tensor is larger than one MLP weight (224 MiB), the tensor
     # the rewrite's memory bound is stated in (benchmarks/large_model.py).

@@ -14,13 +14,14 @@ from typing import Any
 
 from onnxfuse.exporters import ExportConfig, Exporter, ExportResult
 from onnxfuse.exporters import export as _export
-from onnxfuse.graph_rewrites import RewriteConfig, RewriteResult, rewrite
+from onnxfuse.graph_rewrites import RewriteConfig, RewriteResult
 from onnxfuse.models import Part
 from onnxfuse.numerics import DType
 from onnxfuse.pipeline import sessions
 from onnxfuse.pipeline.bench import BenchResult
 from onnxfuse.pipeline.bench import bench as _bench
 from onnxfuse.pipeline.configs import Backend, BenchConfig, Device, ParityConfig
+from onnxfuse.pipeline.genai import FolderRewrite, rewrite_any
 from onnxfuse.pipeline.parity import ParityResult, parity
 
 __all__ = ["bench", "compare_models", "export", "fuse", "session"]
@@ -44,10 +45,10 @@ def export(model: str, output: PathLike, *, part: Part = "full", exporter: Expor
 
 
 def fuse(model: PathLike, output: PathLike, *, report: PathLike | None = None, unfuse: bool = False,
-         force: bool = False) -> RewriteResult:
-    """``onnxfuse rewrite``: fuse every gated MLP of ``model`` into ``output`` (``unfuse``:
-    inline fused nodes back instead)."""
-    return rewrite(RewriteConfig(Path(model), Path(output), _path(report), unfuse=unfuse, force=force))
+         force: bool = False) -> RewriteResult | FolderRewrite:
+    """``onnxfuse rewrite``: fuse every gated MLP of ``model`` (a file, or an onnxruntime-genai
+    folder) into ``output`` (``unfuse``: inline fused nodes back instead)."""
+    return rewrite_any(RewriteConfig(Path(model), Path(output), _path(report), unfuse=unfuse, force=force))
 
 
 def session(model: PathLike, *, device: Device = "cpu", backend: Backend = "default",

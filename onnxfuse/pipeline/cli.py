@@ -120,18 +120,24 @@ def _run_export(config: ExportConfig) -> int:
 
 
 def _run_rewrite(config: RewriteConfig) -> int:
-    from onnxfuse.graph_rewrites import rewrite
+    from onnxfuse.pipeline.genai import FolderRewrite, rewrite_any
 
-    result = rewrite(config)
+    done = rewrite_any(config)
+    result = done.model if isinstance(done, FolderRewrite) else done
+    for note in result.checks_skipped:
+        print(f"note: {note}")
     if config.unfuse:
         print(f"inlined {result.unfused} fused node(s) back into standard ops -> {result.output}")
-        return 0
-    print(f"fused {len(result.fused)} gated MLP(s) in {result.seconds:.2f}s -> {result.output}")
-    for n in result.fused:
-        print(f"  {n.name:<18s} {n.activation:<9s} d={n.d} d_ff={n.d_ff}"
-              f"{' +bias' if n.biased else ''}  rule {n.rule}, replaced {len(n.replaced)} nodes")
-    for miss in result.skipped:
-        print(f"  skipped at {miss.down}: {miss.reason}")
+    else:
+        print(f"fused {len(result.fused)} gated MLP(s) in {result.seconds:.2f}s -> {result.output}")
+        for n in result.fused:
+            print(f"  {n.name:<18s} {n.activation:<9s} d={n.d} d_ff={n.d_ff}"
+                  f"{' +bias' if n.biased else ''}  rule {n.rule}, replaced {len(n.replaced)} nodes")
+        for miss in result.skipped:
+            print(f"  skipped at {miss.down}: {miss.reason}")
+    if isinstance(done, FolderRewrite):
+        print(f"onnxruntime-genai folder {done.output}: {len(done.copied)} file(s) copied"
+              + (f", plugin {done.plugin} loaded by genai_config.json" if done.plugin else ", no plugin"))
     return 0
 
 
@@ -256,8 +262,12 @@ _EXPORT_OPTIONS = {
     "force": Option(help="replace an existing output"),
 }
 _REWRITE_OPTIONS = {
-    "input": Option(positional=True, metavar="IN.onnx", help="the model to rewrite (never modified)"),
-    "output": Option(flags=("-o", "--output"), metavar="OUT.onnx", help="output model path"),
+    "input": Option(positional=True, metavar="IN.onnx|GENAI_FOLDER",
+                    help="the model to rewrite, or an onnxruntime-genai model folder (never modified)"),
+    "output": Option(flags=("-o", "--output"), metavar="OUT.onnx|OUT_FOLDER",
+                     help="output model path; for a genai folder, the output folder (its decoder "
+                          "rewritten, the other files copied, the plugin placed inside and named in "
+                          "genai_config.json)"),
     "report": Option(flags=("--json",), metavar="REPORT.json",
                      help="write the report (fused nodes, skipped near misses) as JSON"),
     "unfuse": Option(help="inline fused nodes back into standard ops instead of fusing"),

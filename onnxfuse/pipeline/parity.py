@@ -110,7 +110,7 @@ def parity(config: ParityConfig) -> ParityResult:
         raise UserError(f"the models take different inputs: {[i[0] for i in original.inputs]} vs "
                         f"{[i[0] for i in fused.inputs]}")
     report = check_output(config.report, force=config.force, inputs=[config.original, config.fused]) if config.report else None
-    dtype = original.metadata.get("onnxfuse.dtype", "float32")
+    dtype = original.metadata.get("onnxfuse.dtype") or fused.dtype
     impl = sessions.implementation(config.backend, config.device, CPU_KERNEL)
     factory = sessions.plugin_options(config.backend, config.device, cpu_kernel=CPU_KERNEL)
     options = factory() if factory else None

@@ -37,6 +37,13 @@ class ModelInfo:
     fused_nodes: tuple[str, ...]  # names of the fused-op nodes (ops.is_fused) of the main graph
     fused_outputs: tuple[str, ...]  # their output value names
     nested_fused: int = 0  # fused-op nodes inside subgraphs (If / Loop / Scan bodies)
+    weights_dtype: str | None = None  # the float type of the fused nodes' weights, if any
+
+    @property
+    def dtype(self) -> str:
+        """The model's compute type, which parity's ceiling follows: the exporter's record,
+        else its fused nodes' weights' (a genai fp16 model keeps float32 logits), else float32."""
+        return self.metadata.get("onnxfuse.dtype") or self.weights_dtype or "float32"
 
     @property
     def source(self) -> str | None:
@@ -56,10 +63,15 @@ def model_info(path: str | os.PathLike[str]) -> ModelInfo:
          tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim))
         for v in header.graph.input)
     fused = [n for n in header.graph.node if ops.is_fused(n)]
+    types = {t.name: t.data_type for t in header.graph.initializer}
+    floats = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+              onnx.TensorProto.BFLOAT16: "bfloat16"}
+    weights = [floats[types[w]] for n in fused for w in n.input[1:2] if types.get(w) in floats]
     return ModelInfo(p, inputs, tuple(o.name for o in header.graph.output),
                      {m.key: m.value for m in header.metadata_props},
                      tuple(n.name for n in fused), tuple(n.output[0] for n in fused),
-                     sum(_fused_in(g) for n in header.graph.node for g in _subgraphs(n)))
+                     sum(_fused_in(g) for n in header.graph.node for g in _subgraphs(n)),
+                     weights[0] if weights else None)
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -231,6 +243,8 @@ def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[d
         tensors = ex.make_inputs(batch, seq)
         return {n: _to_numpy(t) for n, t in zip(ex.input_names, tensors, strict=True)}, (ex, tensors)
     rng = np.random.default_rng(seed)
+    if is_decoder(info):
+        return decoder_inputs(info, batch, seq, past=0, seed=seed), None  # a prefill
     feeds = {}
     for name, elem, dims in info.inputs:
         if elem in (0, onnx.TensorProto.STRING):  # 0: a sequence, map or optional input
@@ -244,6 +258,66 @@ def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[d
         else:
             feeds[name] = rng.standard_normal(shape).astype(np_dtype)
     return feeds, None
+
+
+# The decoder I/O names that onnxruntime-genai and optimum use (and `export --with-past`).
+PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
+PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
+
+
+def is_decoder(info: ModelInfo) -> bool:
+    """Whether ``info``'s model is a decoder with a KV cache under genai's and optimum's names."""
+    names = {name for name, _, _ in info.inputs}
+    return "input_ids" in names and PAST_KEY.format(0) in names
+
+
+def num_layers(info: ModelInfo) -> int:
+    """The number of cache layers of a decoder (:func:`is_decoder`)."""
+    names = {name for name, _, _ in info.inputs}
+    n = 0
+    while PAST_KEY.format(n) in names:
+        n += 1
+    return n
+
+
+def decoder_inputs(info: ModelInfo, batch: int, seq: int, *, past: int, seed: int = 0,
+                   vocab: int = 100) -> dict[str, np.ndarray]:
+    """Feeds of a decoder (:func:`is_decoder`) for ``seq`` new tokens after ``past`` cached
+    ones: random ids below ``vocab``, a mask of ones over ``past + seq``, positions from
+    ``past``, and a random cache (kv heads and head size: the model's static dims)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    head_size = _genai_head_size(info.path)
+    for name, elem, dims in info.inputs:
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        if name == "input_ids":
+            feeds[name] = rng.integers(0, vocab, size=(batch, seq)).astype(np_dtype)
+        elif name == "attention_mask":
+            feeds[name] = np.ones((batch, past + seq), np_dtype)
+        elif name == "position_ids":
+            feeds[name] = np.broadcast_to(np.arange(past, past + seq), (batch, seq)).astype(np_dtype)
+        elif name.startswith("past_key_values."):
+            size = dims[3] if len(dims) == 4 and isinstance(dims[3], int) and dims[3] > 0 else head_size
+            if len(dims) != 4 or not isinstance(dims[1], int) or dims[1] < 1 or size is None:
+                raise UnsupportedError(f"cache input {name!r} of {info.path} has dims {list(dims)}: expected "
+                                       "[batch, kv_heads, past, head_size] with static heads and size (or a "
+                                       "genai_config.json beside the model that gives head_size)")
+            feeds[name] = (rng.standard_normal((batch, dims[1], past, size)) * 0.5).astype(np_dtype)
+        else:
+            raise UnsupportedError(f"decoder input {name!r} of {info.path} is none of input_ids, attention_mask, "
+                                   "position_ids, past_key_values.*: onnxfuse cannot make it up")
+    return feeds
+
+
+def _genai_head_size(model: Path) -> int | None:
+    """``model.decoder.head_size`` of the genai config beside ``model``, if any (genai's
+    builder leaves the cache's head size symbolic in the graph)."""
+    from onnxfuse.pipeline import genai
+
+    if not (model.parent / genai.CONFIG_NAME).exists():
+        return None
+    size = genai.read_config(model.parent)["model"]["decoder"].get("head_size")
+    return size if isinstance(size, int) and size > 0 else None
 
 
 @functools.lru_cache(maxsize=2)

@@ -99,6 +99,7 @@ def test_the_gpu_code_path_runs_end_to_end_as_a_dry_run(tmp_path: Path) -> None:
     assert "acceptance: notebook bfloat16 pct_roofline (triton) = not measured (>= 65.0): FAIL" in proc.stdout
 
 
+@pytest.mark.interpreter  # a dry run: the kernels on CPU
 def test_a_failing_implementation_is_a_row_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """One implementation raising must not cost the others' figures; each shape is reported
     as soon as it is measured."""

@@ -25,6 +25,8 @@ from onnxfuse.pipeline import sessions
 from tests.helpers import Exports
 from tests.kernels.plugin_models import op_model, run_model, run_op
 
+pytestmark = pytest.mark.interpreter  # the triton backend on CPU, in this process
+
 
 @pytest.fixture(scope="module")
 def tiny_mlp(exports: Exports) -> tuple[Path, Path]:
@@ -56,22 +58,33 @@ def test_triton_backend_matches_the_original_graph_for_tiny(exports: Exports, dt
 
 
 def test_the_kernel_writes_into_ort_buffers_without_copying(tiny_mlp: tuple[Path, Path]) -> None:
+    """The kernel gets ORT's own buffers: X is the very array we fed, and ``out`` is the output
+    buffer we bound (an OrtValue of ours), so a bridge that handed the kernel a scratch copy and
+    copied back afterwards fails on the pointer, and on what the buffer holds during the call."""
+    import onnxruntime as ort
+
     src, fused = tiny_mlp
     feeds, _ = sessions.make_inputs(sessions.model_info(src), 1, 3)
-    seen: list[tuple[int, int, bool]] = []
+    expected = run_model(src, feeds)
+    sess = sessions.session(fused, options=plugin.session_options(backend="triton"))
+    (name, x), = feeds.items()
+    y = ort.OrtValue.ortvalue_from_numpy(np.full(expected.shape, np.nan, expected.dtype))
+    binding = sess.io_binding()
+    binding.bind_cpu_input(name, x)
+    binding.bind_ortvalue_output(sess.get_outputs()[0].name, y)
+    seen: list[tuple[int, int, bool, bool]] = []
 
     def spy(x, w_gate, w_up, w_down, *biases, activation, precision, out):  # type: ignore[no-untyped-def]
-        # ORT's input buffer is the tensor's memory: for X, the very array we fed (ORT binds
-        # numpy inputs without a copy on CPU).
-        seen.append((x.data_ptr(), out.data_ptr(), x.is_contiguous() and out.is_contiguous()))
         out.copy_(fused_gated_mlp_reference(x, w_gate, w_up, w_down, *biases, activation=activation))
+        # Written through `out`, visible in our buffer at once: no copy-back after the call.
+        visible = bool(np.array_equal(y.numpy(), out.numpy()))
+        seen.append((x.data_ptr(), out.data_ptr(), x.is_contiguous() and out.is_contiguous(), visible))
 
     bridge.set_kernel(spy)
-    x = next(iter(feeds.values()))
-    got = run_model(fused, feeds, plugin.session_options(backend="triton"))
-    (x_ptr, out_ptr, contiguous), = seen
-    assert x_ptr == x.ctypes.data and contiguous and out_ptr != x_ptr
-    assert compare("y", got, run_model(src, feeds), limit=1e-5).passed
+    sess.run_with_iobinding(binding)
+    (x_ptr, out_ptr, contiguous, visible), = seen
+    assert x_ptr == x.ctypes.data and out_ptr == y.data_ptr() and contiguous and visible
+    assert compare("y", y.numpy(), expected, limit=1e-5).passed
 
 
 def test_cli_triton_backend_on_cpu_needs_no_environment_set_up(tiny_mlp: tuple[Path, Path]) -> None:
@@ -106,7 +119,7 @@ def test_triton_backend_on_cpu_without_the_interpreter_says_how_to_choose_it(
     process that did not choose the interpreter at entry gets a user error naming the fixes."""
     import os
 
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(UnsupportedError, match=r"set TRITON_INTERPRET=1 before Python starts.*`onnxfuse` "
                                                r"CLI.*--device cuda"):
         plugin.session_options(backend="triton")

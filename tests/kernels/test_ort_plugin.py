@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
+from onnxfuse.errors import UserError
 from onnxfuse.kernels import ort as plugin
 from onnxfuse.kernels.ort import bridge
 from onnxfuse.kernels.triton.reference import fused_gated_mlp_reference
@@ -72,7 +73,7 @@ def test_cpu_default_leaves_nodes_to_their_function_body(exports: Exports) -> No
 @pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
 @pytest.mark.parametrize("biased", [False, True])
 @pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16])
-@pytest.mark.parametrize("backend", ["matmul", "triton"])
+@pytest.mark.parametrize("backend", ["matmul", pytest.param("triton", marks=pytest.mark.interpreter)])
 def test_op_alone_matches_the_reference_in_every_type(backend: str, dtype: int, activation: str, biased: bool) -> None:
     """The op alone, every type and activation, with and without biases; ``triton``: ORT →
     plugin → Python bridge → Triton kernel (interpreted) on ORT's own buffers."""
@@ -101,6 +102,23 @@ def test_bad_activation_is_an_ort_error_naming_it() -> None:
     with pytest.raises(Exception, match="unknown activation 'relu'"):
         ort.InferenceSession(model.SerializeToString(), plugin.session_options(cpu_kernel="matmul"),
                              providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("key", ["onnxfuse.cpu_kernl", "onnxfuse.Backend", "onnxfuse."])
+def test_an_unknown_onnxfuse_config_key_is_refused_naming_it(key: str) -> None:
+    """A typo in a caller's own options would otherwise be ignored (the kernel it meant to pick
+    silently not picked). ORT >= 1.23 lists a session's entries; the wheel here is newer."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # others' keys pass
+    options.add_session_config_entry(key, "naive")
+    with pytest.raises(UserError, match=rf"unknown session config key {key}: .*onnxfuse.cpu_kernel"):
+        plugin.session_options(cpu_kernel="matmul", options=options)
+    # Through the C API alone (as onnxruntime-genai registers the library), the same refusal.
+    with pytest.raises(Exception, match=rf"INVALID_ARGUMENT.*unknown session config key {key}"):
+        options.register_custom_ops_library(str(plugin.library_path()))
+    good = ort.SessionOptions()
+    good.add_session_config_entry("onnxfuse.cpu_kernel", "naive")
+    plugin.session_options(cpu_kernel="naive", options=good)
 
 
 def test_missing_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

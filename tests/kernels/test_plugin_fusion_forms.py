@@ -29,7 +29,8 @@ def test_every_fusing_form_is_in_the_list() -> None:
     assert set(FUSING_FORMS) <= {kw["form"] for kw in FUSING}  # type: ignore[index]
 
 
-@pytest.mark.parametrize("kernel", list(_KERNELS))
+@pytest.mark.parametrize("kernel", [pytest.param(k, marks=[pytest.mark.interpreter] if "interpreter" in k else [])
+                                    for k in _KERNELS])
 @pytest.mark.parametrize("kw", FUSING, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_the_plugin_kernel_runs_every_form_within_tolerance(kw: dict[str, Any], kernel: str) -> None:
     original = gated_mlp(**kw)

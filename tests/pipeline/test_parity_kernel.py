@@ -69,6 +69,7 @@ def test_the_same_node_passes_its_function_body_check(mislabelled: tuple[Path, P
     assert "ran on: function body" in proc.stdout
 
 
+@pytest.mark.interpreter
 def test_the_report_names_the_kernel_and_its_counted_runs(mislabelled: tuple[Path, Path], tmp_path: Path) -> None:
     original, _ = mislabelled
     model = ir.from_proto(onnx.load(original))

@@ -63,9 +63,13 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
             on ORT's own kernels), ``matmul`` or ``naive``.
         precision: float32 dot precision of the Triton kernel, ``tf32`` or ``ieee``.
         debug_offset: added to every output of the native CPU kernels (tests: proves they ran).
+        options: the caller's own ``ort.SessionOptions`` to register the plugin in (the
+            plugin reads its ``onnxfuse.*`` entries when registered; with ORT >= 1.23 an
+            unknown one, a typo, is refused).
 
     Raises:
-        UserError: a bad value (it names the value and the choices); UnsupportedError: the
+        UserError: a bad value (it names the value and the choices), or an unknown
+            ``onnxfuse.*`` entry in ``options``; UnsupportedError: the
             library is not built, not built for this onnxfuse, or ORT cannot load it.
     """
     import onnxruntime as ort
@@ -87,6 +91,9 @@ def session_options(*, backend: str = "default", device: str = "cpu", cpu_kernel
     try:
         so.register_custom_ops_library(str(library_path()))
     except Exception as e:
+        if "INVALID_ARGUMENT" in str(e):  # a bad onnxfuse.* entry in the caller's own options
+            raise UserError(f"the onnxfuse plugin refuses these session options: "
+                            f"{first_line(e).rpartition('INVALID_ARGUMENT : ')[2]}") from e
         raise UnsupportedError(f"ONNX Runtime cannot load the onnxfuse plugin: {first_line(e)}; "
                                f"rebuild it ({REBUILD}) or run without it "
                                "(--backend none: fused models run their function bodies)") from e

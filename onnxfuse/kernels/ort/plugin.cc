@@ -9,6 +9,8 @@
 //   onnxfuse.backend      = "default" | "triton" (call the Python bridge: onnxfuse.kernels.ort.bridge)
 //   onnxfuse.device       = "cpu" (default) | "cuda" (register for the CUDA EP; the triton backend)
 //   onnxfuse.precision    = onnxfuse_ops::kPrecisions: float32 dot precision of the triton backend
+// Any other onnxfuse.* key (a typo such as onnxfuse.cpu_kernl) fails the session, where ORT can
+// list a session's entries (C API 23, ORT >= 1.23; older ORTs cannot, and skip that check).
 // The CUDA kernels need no CUDA headers or driver: they only pass device pointers and the stream.
 #include <algorithm>
 #include <atomic>
@@ -97,6 +99,58 @@ std::string ConfigEntry(const OrtSessionOptions* so, const char* key) {
   return v;
 }
 
+// The keys RegisterCustomOps reads (the header comment above says what each means).
+constexpr const char* kConfigKeys[] = {"onnxfuse.cpu_kernel", "onnxfuse.debug_offset", "onnxfuse.backend",
+                                       "onnxfuse.device", "onnxfuse.precision"};
+
+// ORT's C API only ever appends to OrtApi, so a function's slot in it is fixed for good. These
+// three are past the API 21 header this library builds against; the slots are
+// offsetof(OrtApi, F) / sizeof(void*) in ORT 1.23's onnxruntime_c_api.h (API 23).
+constexpr uint32_t kListApiVersion = 23;
+constexpr size_t kSlotGetKeyValuePairs = 298;       // since 1.22
+constexpr size_t kSlotReleaseKeyValuePairs = 300;   // since 1.22
+constexpr size_t kSlotGetSessionOptionsConfigEntries = 379;  // since 1.23
+
+// Every config key of the session, or nothing where ORT is older than 1.23 (it cannot list them).
+std::vector<std::string> ConfigKeys(const OrtSessionOptions* so, const OrtApiBase* base) {
+  std::vector<std::string> keys;
+  const OrtApi* api = base->GetApi(kListApiVersion);
+  if (!api) return keys;
+  using ListFn = OrtStatus*(ORT_API_CALL*)(const OrtSessionOptions*, void**);
+  using PairsFn = void(ORT_API_CALL*)(const void*, const char* const**, const char* const**, size_t*);
+  using ReleaseFn = void(ORT_API_CALL*)(void*);
+  void* const* slots = reinterpret_cast<void* const*>(api);
+  auto list = reinterpret_cast<ListFn>(slots[kSlotGetSessionOptionsConfigEntries]);
+  auto pairs = reinterpret_cast<PairsFn>(slots[kSlotGetKeyValuePairs]);
+  auto release = reinterpret_cast<ReleaseFn>(slots[kSlotReleaseKeyValuePairs]);
+  void* kvps = nullptr;
+  if (OrtStatus* st = list(so, &kvps)) {
+    api->ReleaseStatus(st);
+    return keys;
+  }
+  const char* const* names = nullptr;
+  const char* const* values = nullptr;
+  size_t n = 0;
+  pairs(kvps, &names, &values, &n);
+  for (size_t i = 0; i < n; ++i) keys.emplace_back(names[i]);
+  release(kvps);
+  return keys;
+}
+
+// Refuses an onnxfuse.* key that RegisterCustomOps does not read: a typo would otherwise be ignored.
+void CheckConfigKeys(const OrtSessionOptions* so, const OrtApiBase* base) {
+  const std::string prefix = "onnxfuse.";
+  for (const std::string& key : ConfigKeys(so, base)) {
+    if (key.compare(0, prefix.size(), prefix) != 0) continue;
+    if (std::any_of(std::begin(kConfigKeys), std::end(kConfigKeys), [&](const char* k) { return key == k; }))
+      continue;
+    std::string known;
+    for (const char* k : kConfigKeys) known += (known.empty() ? "" : ", ") + std::string(k);
+    throw Ort::Exception("unknown session config key " + key + ": the onnxfuse plugin reads " + known,
+                         ORT_INVALID_ARGUMENT);
+  }
+}
+
 // The value's index in `choices`; an empty (absent) value is the first choice.
 int Choose(const std::string& key, const std::string& value, std::initializer_list<const char*> choices) {
   if (value.empty()) return 0;
@@ -142,7 +196,8 @@ Config ReadConfig(const OrtSessionOptions* options) {
   return cfg;
 }
 
-OrtStatus* Register(OrtSessionOptions* options, const OrtApi* api) {
+OrtStatus* Register(OrtSessionOptions* options, const OrtApiBase* base, const OrtApi* api) {
+  CheckConfigKeys(options, base);
   const Config cfg = ReadConfig(options);
   if (cfg.impl == Impl::Off) return nullptr;  // CPU: leave nodes to their function body
   auto reg = std::make_unique<Registration>();
@@ -202,7 +257,7 @@ ONNXFUSE_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opt
   if (!api) return nullptr;  // cannot even create a status without an API table; ORT < 1.21
   Ort::InitApi(api);
   try {
-    return onnxfuse::Register(options, api);
+    return onnxfuse::Register(options, api_base, api);
   } catch (const Ort::Exception& e) {
     return api->CreateStatus(e.GetOrtErrorCode(), e.what());
   } catch (const std::exception& e) {

@@ -1,0 +1,173 @@
+"""onnxruntime-genai's model folders (tests/producers.py builds them with genai's own builder):
+``onnxfuse rewrite FOLDER -o OUT`` fuses every MLP, the fused decoder matches the original in
+plain ORT and through the plugin's kernel, genai runs the written folder with the plugin, and
+a hostile folder is refused with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxfuse.graph_rewrites import RewriteConfig
+from onnxfuse.kernels import ort as plugin
+from onnxfuse.kernels.ort import bridge
+from onnxfuse.numerics import compare, tolerance
+from onnxfuse.pipeline import cli, sessions
+from onnxfuse.pipeline.genai import CONFIG_NAME, FolderRewrite, rewrite_any
+from tests.helpers import Exports, ort_run
+from tests.producers import GENAI_SPECS
+
+LAYERS = 2  # every tiny spec's
+
+
+def _fuse(folder: Path, out: Path) -> FolderRewrite:
+    result = rewrite_any(RewriteConfig(folder, out))
+    assert isinstance(result, FolderRewrite)
+    return result
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("family", list(GENAI_SPECS))
+def test_builder_models_fuse_every_mlp_and_keep_the_numbers(exports: Exports, family: str, precision: str,
+                                                            tmp_path: Path) -> None:
+    folder = exports.genai(family, precision)
+    result = _fuse(folder, tmp_path / "fused")
+    assert len(result.model.fused) == LAYERS and not result.model.skipped
+    # The builder's default-domain SimplifiedLayerNormalization has no ONNX schema: accepted, and said.
+    assert any("SimplifiedLayerNormalization" in note for note in result.model.checks_skipped)
+    original, fused = folder / "model.onnx", tmp_path / "fused" / "model.onnx"
+    dtype = "float32" if precision == "fp32" else "float16"
+    assert sessions.model_info(fused).dtype == dtype
+    for batch, seq in ((1, 7), (2, 5)):
+        feeds = sessions.decoder_inputs(sessions.model_info(original), batch, seq, past=0)
+        want = ort_run(original, feeds)
+        # Plain ORT (function bodies, optimizations off): the original's computation.
+        body = ort_run(fused, feeds)
+        # The plugin's exact native kernel, counted once per fused node.
+        before = bridge.kernel_runs("matmul")
+        kernel = ort_run(fused, feeds, plugin.session_options(cpu_kernel="matmul"))
+        assert bridge.kernel_runs("matmul") - before == LAYERS
+        for i, w in enumerate(want):
+            c = compare(f"out{i}@{batch}x{seq}", body[i], w, limit=1e-6 if dtype == "float32" else tolerance(dtype))
+            assert c.passed, c.detail
+            c = compare(f"out{i}@{batch}x{seq}", kernel[i], w, limit=tolerance(dtype))  # type: ignore[arg-type]
+            assert c.passed, c.detail
+
+
+def _greedy(folder: Path, prompt: list[int], new_tokens: int) -> list[int]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + new_tokens, min_length=len(prompt) + new_tokens,
+                              do_sample=False)  # min_length: no early stop at a random eos
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([prompt], dtype=np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [int(t) for t in generator.get_sequence(0)]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_genai_runs_the_written_folder_with_the_plugin_and_gives_the_same_tokens(
+        exports: Exports, family: str, tmp_path: Path) -> None:
+    folder = exports.genai(family, "fp32")
+    result = _fuse(folder, tmp_path / "fused")
+    out = tmp_path / "fused"
+    config = json.loads((out / CONFIG_NAME).read_text())
+    library = config["model"]["decoder"]["session_options"]["custom_ops_library"]
+    assert library == result.plugin == plugin.library_path().name and (out / library).is_file()
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(result.copied)
+    prompt = [5, 9, 33, 70, 101]
+    tokens = _greedy(out, prompt, 16)
+    assert tokens == _greedy(folder, prompt, 16) and len(tokens) == len(prompt) + 16
+    # genai really loads the library the config names: a broken one fails the model's load.
+    (out / library).write_bytes(b"not a library")
+    with pytest.raises(Exception, match="(?i)custom op|library|load|invalid ELF|file too short"):
+        _greedy(out, prompt, 2)
+
+
+def test_unfuse_of_a_written_folder_removes_the_plugin(exports: Exports, tmp_path: Path) -> None:
+    folder = exports.genai("llama", "fp32")
+    _fuse(folder, tmp_path / "fused")
+    back = rewrite_any(RewriteConfig(tmp_path / "fused", tmp_path / "back", unfuse=True))
+    assert isinstance(back, FolderRewrite) and back.model.unfused == LAYERS and back.plugin is None
+    config = json.loads((tmp_path / "back" / CONFIG_NAME).read_text())
+    assert "custom_ops_library" not in config["model"]["decoder"]["session_options"]
+    assert not (tmp_path / "back" / plugin.library_path().name).exists()
+
+
+def _hostile(folder: Path, tmp: Path, how: str) -> tuple[Path, list[str]]:
+    """A copy of the genai ``folder`` made hostile in one way; the extra CLI arguments."""
+    bad = tmp / "bad"
+    shutil.copytree(folder, bad)
+    config_path = bad / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    decoder = config["model"]["decoder"]
+    extra: list[str] = []
+    if how == "filename-leaves":
+        decoder["filename"] = "../model.onnx"
+    elif how == "filename-absolute":
+        decoder["filename"] = str(bad / "model.onnx")
+    elif how == "library-leaves":
+        decoder["session_options"]["custom_ops_library"] = "../../lib/evil.so"
+    elif how == "nested-path-leaves":
+        config["model"]["vision"] = {"filename": "sub/../../x.onnx"}
+    elif how == "symlink":
+        (bad / "tokenizer.json").unlink()
+        os.symlink("/etc/passwd", bad / "tokenizer.json")
+    elif how == "config-symlink":
+        config_path.rename(bad / "real.json")
+        os.symlink(bad / "real.json", config_path)
+        return bad, extra
+    elif how == "huge":
+        config["pad"] = "x" * (1 << 20)
+    elif how == "malformed":
+        config_path.write_text('{"model": {"decoder": ')
+        return bad, extra
+    elif how == "deep":
+        config_path.write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+        return bad, extra
+    elif how == "not-an-object":
+        config_path.write_text("[1, 2]")
+        return bad, extra
+    elif how == "no-decoder":
+        del config["model"]["decoder"]
+    elif how == "missing-model":
+        (bad / "model.onnx").unlink()
+    elif how == "output-inside":
+        extra = ["-o", str(bad / "out")]
+    elif how == "output-exists":
+        (tmp / "out").mkdir()
+    config_path.write_text(json.dumps(config))
+    return bad, extra
+
+
+HOSTILE = {
+    "filename-leaves": "leaves the folder", "filename-absolute": "leaves the folder",
+    "library-leaves": "leaves the folder", "nested-path-leaves": "leaves the folder",
+    "symlink": "is a symlink", "config-symlink": "not a regular file", "huge": "over 1048576",
+    "malformed": "not valid JSON", "deep": "not valid JSON|nests deeper", "not-an-object": "not a JSON object",
+    "no-decoder": "no model.decoder.filename", "missing-model": "is missing",
+    "output-inside": "overlaps the input folder", "output-exists": "exists: pass --force",
+}
+
+
+@pytest.mark.parametrize("how", list(HOSTILE))
+def test_a_hostile_folder_is_refused_with_one_line(exports: Exports, tmp_path: Path, how: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    bad, extra = _hostile(exports.genai("llama", "fp32"), tmp_path, how)
+    before = sorted((p.name, p.stat().st_size) for p in bad.rglob("*") if not p.is_symlink())
+    code = cli.main(["rewrite", str(bad), *(extra or ["-o", str(tmp_path / "out")]), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert __import__("re").search(HOSTILE[how], err), err
+    assert sorted((p.name, p.stat().st_size) for p in bad.rglob("*") if not p.is_symlink()) == before
+    if how != "output-exists":
+        assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 D, D_FF = 8, 12
 ACT_FORMS = ("silu", "silu_rev", "swish", "swish_default", "quick_gelu", "gelu", "gelu_none",
              "gelu_tanh", "gelu_erf_dec", "gelu_tanh_dec", "gelu_tanh_ts", "gelu_tanh_ts_rev",
-             "gelu_tanh_ts_identity", "silu_exp", "tanh", "sigmoid_only", "swish_alpha2",
+             "gelu_tanh_ts_identity", "silu_exp", "silu_per_channel", "tanh", "sigmoid_only", "swish_alpha2",
              "quick_gelu_1702", "relu", "none")
 # Forms only the evaluated fusion (the activation recognised by what it computes) fuses:
 # MatMul projections only.
@@ -130,6 +130,10 @@ def activation(b: Builder, g: str, form: str) -> str:
         return b.op("Mul", [b.op("Mul", [scalar(0.5), g]), b.op("Add", [b.op("Tanh", [inner]), scalar(1.0)])])
     if form == "silu_exp":  # g / (1 + exp(-g))
         return b.op("Div", [g, b.op("Add", [b.constant(1.0), b.op("Exp", [b.op("Neg", [g])])])])
+    if form == "silu_per_channel":  # g * sigmoid(g * c), c a [D_FF] vector (of ones)
+        c = b.name("c")
+        b.inits.append(numpy_helper.from_array(np.ones(D_FF, helper.tensor_dtype_to_np_dtype(b.dtype)), c))
+        return b.op("Mul", [g, b.op("Sigmoid", [b.op("Mul", [g, c])])])
     if form == "tanh":
         return b.op("Mul", [g, b.op("Tanh", [g])])
     if form == "sigmoid_only":
@@ -276,6 +280,11 @@ def _packed_parts(b: Builder, p: str, packed: str,
         axes, step = b.ints([-1]), b.ints([2])
         return (b.op("Slice", [p, b.ints([0]), b.ints([INT64_MAX]), axes, step]),
                 b.op("Slice", [p, b.ints([1]), b.ints([INT64_MAX]), axes, step]))
+    if packed == "slice_by_batch":  # bounds from the batch size: right for batch 2 only
+        batch = b.op("Gather", [b.op("Shape", [p]), b.ints([0])], axis=0)
+        middle, last = b.op("Mul", [batch, b.ints([D_FF // 2])]), b.ints([-1])
+        return (b.op("Slice", [p, b.ints([0]), middle, last]),
+                b.op("Slice", [p, middle, b.op("Mul", [batch, b.ints([D_FF])]), last]))
     if packed == "slice_shape":  # torch's chunk(2), as the TorchScript exporter writes it
         last = b.ints([-1])
         half = b.op("Div", [b.op("Add", [b.op("Gather", [b.op("Shape", [p]), last], axis=0), b.ints([1])]),

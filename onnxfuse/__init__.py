@@ -34,6 +34,7 @@ __all__ = [  # noqa: RUF022 - grouped by home module
     "compare",
     "export",
     "fuse",
+    "generate",
     "session",
     # stage configs and results (the CLI's options are the configs' fields)
     "ExportConfig",
@@ -44,6 +45,8 @@ __all__ = [  # noqa: RUF022 - grouped by home module
     "ParityResult",
     "BenchConfig",
     "BenchResult",
+    "GenerateConfig",
+    "GenerateResult",
     "DemoConfig",
     # numerics
     "Comparison",
@@ -59,13 +62,14 @@ _HOMES: dict[str, str | tuple[str, str]] = {
     **dict.fromkeys(("Exportable", "build", "spec_names"), "onnxfuse.models"),
     **dict.fromkeys(("ExportConfig", "ExportResult"), "onnxfuse.exporters"),
     **dict.fromkeys(("Comparison", "tolerance"), "onnxfuse.numerics"),
-    **dict.fromkeys(("bench", "export", "fuse", "session"), "onnxfuse.pipeline.api"),
+    **dict.fromkeys(("bench", "export", "fuse", "generate", "session"), "onnxfuse.pipeline.api"),
     "compare": ("onnxfuse.pipeline.api", "compare_models"),
     "compare_arrays": ("onnxfuse.numerics", "compare"),
     "ParityResult": "onnxfuse.pipeline.parity",
     **dict.fromkeys(("RewriteConfig", "RewriteResult"), "onnxfuse.graph_rewrites"),
-    **dict.fromkeys(("ParityConfig", "BenchConfig", "DemoConfig"), "onnxfuse.pipeline.configs"),
+    **dict.fromkeys(("ParityConfig", "BenchConfig", "DemoConfig", "GenerateConfig"), "onnxfuse.pipeline.configs"),
     "BenchResult": "onnxfuse.pipeline.bench",
+    "GenerateResult": "onnxfuse.pipeline.generate",
 }
 
 if TYPE_CHECKING:
@@ -86,10 +90,11 @@ if TYPE_CHECKING:
     from onnxfuse.models import Exportable, build, spec_names
     from onnxfuse.numerics import Comparison, tolerance
     from onnxfuse.numerics import compare as compare_arrays
-    from onnxfuse.pipeline.api import bench, export, fuse, session
+    from onnxfuse.pipeline.api import bench, export, fuse, generate, session
     from onnxfuse.pipeline.api import compare_models as compare
     from onnxfuse.pipeline.bench import BenchResult
-    from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, ParityConfig
+    from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, GenerateConfig, ParityConfig
+    from onnxfuse.pipeline.generate import GenerateResult
     from onnxfuse.pipeline.parity import ParityResult
 
 

@@ -100,32 +100,32 @@ class Exports:
         root.mkdir(parents=True, exist_ok=True)
 
     def export(self, model: str, part: str = "full", exporter: str = "dynamo", dtype: str = "float32",
-               verify: bool = True, opset: int | None = None) -> ExportResult:
-        """``onnxfuse.exporters.export`` of ``model`` with these settings (the rest default;
-        ``opset`` ``None``: the exporter's own) into a folder of its own, holding exactly what
-        the export wrote."""
+               verify: bool = True, with_past: bool = False, opset: int | None = None) -> ExportResult:
+        """``onnxfuse.exporters.export`` of ``model`` with these settings (the rest default)
+        into a folder of its own, holding exactly what the export wrote (``with_past``: the
+        decoder with a KV cache; ``opset`` ``None``: the exporter's own)."""
         from onnxfuse.exporters import ExportConfig, export
 
-        name = f"{model}-{part}-{exporter}-{dtype}" + (f"-opset{opset}" if opset is not None else "")
+        name = _export_name(model, part, exporter, dtype, with_past) + (f"-opset{opset}" if opset is not None else "")
         key = name if verify else f"{name}-unverified"
 
         def make(folder: Path) -> ExportResult:
             return export(ExportConfig(model, folder / f"{name}.onnx", part=part,  # type: ignore[arg-type]
                                        exporter=exporter, dtype=dtype, verify=verify,  # type: ignore[arg-type]
-                                       opset=opset))
+                                       with_past=with_past, opset=opset))
         return self.cached(key, make)
 
     def fused_pair(self, model: str, part: str = "full", dtype: str = "float32",
-                   exporter: str = "dynamo") -> tuple[Path, Path]:
+                   exporter: str = "dynamo", with_past: bool = False) -> tuple[Path, Path]:
         """The verified export of :meth:`export` and its default rewrite ``fused.onnx``."""
         from onnxfuse.graph_rewrites import RewriteConfig, rewrite
 
-        src = self.export(model, part, exporter, dtype).onnx_path
+        src = self.export(model, part, exporter, dtype, with_past=with_past).onnx_path
 
         def make(folder: Path) -> Path:
             rewrite(RewriteConfig(src, folder / "fused.onnx"))
             return folder / "fused.onnx"
-        return src, self.cached(f"{model}-{part}-{exporter}-{dtype}-fused", make)
+        return src, self.cached(f"{_export_name(model, part, exporter, dtype, with_past)}-fused", make)
 
     def genai(self, family: str, precision: str = "fp32", **extra: str) -> Path:
         """onnxruntime-genai's builder model folder for ``family`` (llama, qwen2, mistral,
@@ -170,6 +170,10 @@ class Exports:
         return sorted(files.stem for files in self.root.glob("*.files")
                       if (self.root / f"{files.stem}.pickle").exists()
                       and _listing(self.root / files.stem) != files.read_text())
+
+
+def _export_name(model: str, part: str, exporter: str, dtype: str, with_past: bool) -> str:
+    return f"{model}-{part}-{exporter}-{dtype}{'-past' if with_past else ''}"
 
 
 def _listing(folder: Path) -> str:

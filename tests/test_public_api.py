@@ -39,7 +39,7 @@ def test_every_stage_config_is_public() -> None:
 
 @pytest.mark.parametrize("function,config", [
     ("export", "ExportConfig"), ("fuse", "RewriteConfig"), ("compare", "ParityConfig"),
-    ("bench", "BenchConfig"),
+    ("bench", "BenchConfig"), ("generate", "GenerateConfig"),
 ])
 def test_api_keywords_are_the_config_fields(function: str, config: str) -> None:
     """Each API function takes its config's optional fields as keywords, with the same defaults

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from onnxfuse.exporters._export import (
     EXPORTERS,
+    SECOND_PAST_SHAPE,
     SECOND_SHAPE,
     ExportConfig,
     Exporter,
@@ -11,10 +12,12 @@ from onnxfuse.exporters._export import (
     VerifyShape,
     export,
     verify,
+    verify_shapes,
 )
 
 __all__ = [
     "EXPORTERS",
+    "SECOND_PAST_SHAPE",
     "SECOND_SHAPE",
     "ExportConfig",
     "ExportResult",
@@ -22,4 +25,5 @@ __all__ = [
     "VerifyShape",
     "export",
     "verify",
+    "verify_shapes",
 ]

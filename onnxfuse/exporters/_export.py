@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ __all__ = [
     "VerifyShape",
     "export",
     "verify",
+    "verify_shapes",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ EXPORTERS: tuple[Exporter, ...] = ("dynamo", "torchscript")
 # The second verification shape: batch 1 and an odd sequence length, to prove that the
 # batch and sequence axes are really dynamic (a shape specialised at trace time fails here).
 SECOND_SHAPE = (1, 37)
+# A decoder with a KV cache is verified at a prefill (empty cache, the example shape), at the
+# decode step after it (one token on that many cached positions) and on this
+# (batch, seq, past): a chunk of several tokens on a cache of a length the trace never saw.
+SECOND_PAST_SHAPE = (1, 3, 37)
 # Opsets each exporter can emit (torch.onnx's own bounds).
 _OPSETS: dict[Exporter, tuple[int, int]] = {"dynamo": (18, onnx.defs.onnx_opset_version()),
                                             "torchscript": (7, 20)}
@@ -67,6 +73,10 @@ class ExportConfig:
         rel_l2: the verification ceiling; ``None`` takes the tolerance table's for ``dtype``.
         force: replace an existing output.
         mlp_layer: the decoder layer whose MLP ``part="mlp"`` exports.
+        with_past: export the decoder with a KV cache (``part="full"`` only): inputs
+            ``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.{i}.key/.value``;
+            outputs ``logits``, ``present.{i}.key/.value`` (the names onnxruntime-genai and
+            optimum use), verified at a prefill and a decode step.
     """
 
     model: str
@@ -82,15 +92,18 @@ class ExportConfig:
     rel_l2: float | None = None
     force: bool = False
     mlp_layer: int = 0
+    with_past: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class VerifyShape:
-    """ONNX Runtime (CPU, graph optimizations disabled) vs torch eager on one input shape."""
+    """ONNX Runtime (CPU, graph optimizations disabled) vs torch eager on one input shape:
+    ``seq`` new positions on a KV cache of ``past`` (0 for a model without a cache)."""
 
     batch: int
     seq: int
     outputs: tuple[Comparison, ...]
+    past: int = 0
 
     @property
     def passed(self) -> bool:
@@ -113,6 +126,7 @@ class ExportResult:
     layers: int
     checks: tuple[VerifyShape, ...]
     seconds: float
+    with_past: bool = False
 
     @property
     def verified(self) -> bool:
@@ -130,8 +144,7 @@ def _validate(config: ExportConfig) -> None:
         raise UserError(f"unknown exporter {config.exporter!r}: choose one of {', '.join(EXPORTERS)}")
     if config.dtype not in DTYPES:
         raise UserError(f"unknown dtype {config.dtype!r}: choose one of {', '.join(DTYPES)}")
-    if config.part not in models.PARTS:
-        raise UserError(f"unknown part {config.part!r}: choose one of {', '.join(models.PARTS)}")
+    models.check_part(config.part, config.with_past)
     if config.opset is not None:
         low, high = _OPSETS[config.exporter]
         if not low <= config.opset <= high:
@@ -146,19 +159,48 @@ def _validate(config: ExportConfig) -> None:
 
 
 def _trace_inputs(ex: models.Exportable) -> tuple[torch.Tensor, ...]:
-    # torch.export specialises a dimension of size 1 (or 0) to a constant: trace with >= 2.
-    return ex.make_inputs(max(ex.batch, 2), max(ex.seq, 2))
+    # torch.export specialises a dimension of size 1 (or 0) to a constant: trace with >= 2,
+    # and a past unlike batch and seq, so that no two dynamic dims are traced equal.
+    batch, seq = max(ex.batch, 2), max(ex.seq, 2)
+    return ex.make_inputs(batch, seq, max(batch, seq) + 1 if ex.with_past else 0)
+
+
+def _dynamic_shapes(ex: models.Exportable) -> tuple[object, ...]:
+    """torch.export's ``dynamic_shapes`` for ``ex.module``'s positional inputs: one ``Dim``
+    per dim name of :meth:`~onnxfuse.models.Exportable.dynamic_axes`; inputs taken by a
+    ``*args`` parameter (the KV cache's) nest in one tuple, as the signature does."""
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = [{axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in ex.dynamic_axes(name).items()}
+              for name in ex.input_names]
+    params = inspect.signature(ex.module.forward).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return tuple(shapes)
+    fixed = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+    return (*shapes[:fixed], tuple(shapes[fixed:]))
+
+
+def _name_output_dims(model: ir.Model, ex: models.Exportable) -> None:
+    """Give the outputs' dynamic dims their declared names: torch.export names them by the
+    expression it derived (``past_seq + seq``, or ``seq + past_seq`` for the next output)."""
+    for value in model.graph.outputs:
+        if value.shape is None:
+            continue
+        dims = list(value.shape)
+        for axis, name in ex.dynamic_axes(value.name or "").items():
+            if not isinstance(dims[axis], int):
+                dims[axis] = ir.SymbolicDim(name)
+        value.shape = ir.Shape(dims)
 
 
 def _export_dynamo(ex: models.Exportable, path: Path, opset: int | None, meta: dict[str, str]) -> None:
-    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
     program = torch.onnx.export(
         ex.module, _trace_inputs(ex), dynamo=True, input_names=list(ex.input_names),
-        output_names=list(ex.output_names), dynamic_shapes=tuple(dims for _ in ex.input_names),
+        output_names=list(ex.output_names), dynamic_shapes=_dynamic_shapes(ex),
         opset_version=opset, verbose=False, optimize=True,
     )
     if program is None:
         raise ExportError("torch.onnx.export(dynamo=True) returned no program")
+    _name_output_dims(program.model, ex)
     _save(program.model, path, meta)
 
 
@@ -173,7 +215,7 @@ def _save(model: ir.Model, path: Path, meta: dict[str, str]) -> None:
 
 def _export_torchscript(ex: models.Exportable, path: Path, opset: int | None,
                         meta: dict[str, str]) -> None:
-    axes = {name: {0: "batch", 1: "seq"} for name in (*ex.input_names, *ex.output_names)}
+    axes = {name: dict(ex.dynamic_axes(name)) for name in (*ex.input_names, *ex.output_names)}
     scratch = path.parent / "torchscript"
     scratch.mkdir()
     raw = scratch / path.name
@@ -243,31 +285,46 @@ def _torch_outputs(ex: models.Exportable, inputs: Sequence[torch.Tensor]) -> lis
     return [t.detach().to(torch.float64).numpy() for t in out]
 
 
+def verify_shapes(ex: models.Exportable) -> tuple[tuple[int, int, int], ...]:
+    """The ``(batch, seq, past)`` points :func:`verify` checks by default: the example shape
+    and :data:`SECOND_SHAPE`; with a KV cache, the example shape as a prefill, the decode
+    step after it, and :data:`SECOND_PAST_SHAPE`."""
+    if ex.with_past:
+        return (ex.batch, ex.seq, 0), (ex.batch, 1, ex.seq), SECOND_PAST_SHAPE
+    return (ex.batch, ex.seq, 0), (*SECOND_SHAPE, 0)
+
+
+def _point(batch: int, seq: int, past: int) -> str:
+    return f"batch={batch} seq={seq}" + (f" past={past}" if past else "")
+
+
 def verify(path: str | os.PathLike[str], ex: models.Exportable, *,
-           shapes: Sequence[tuple[int, int]] | None = None,
+           shapes: Sequence[tuple[int, int] | tuple[int, int, int]] | None = None,
            rel_l2: float | None = None) -> tuple[VerifyShape, ...]:
     """Run the export in ONNX Runtime (CPU, graph optimizations disabled) and torch eager
-    on the same inputs, for the example shape and :data:`SECOND_SHAPE`.
+    on the same inputs, at ``shapes`` (``(batch, seq)`` or ``(batch, seq, past)``; default
+    :func:`verify_shapes`).
 
     Raises:
         UnsupportedError: ORT's CPU provider lacks a kernel the model needs.
         ExportError: ORT cannot load or run the model.
+        UserError: a past length for a model without a KV cache.
     """
     limit = rel_l2 if rel_l2 is not None else tolerance(ex.dtype)
     session = _session(Path(path))
     results = []
-    for batch, seq in shapes or ((ex.batch, ex.seq), SECOND_SHAPE):
-        log.info("verifying against torch eager on batch=%d seq=%d", batch, seq)
-        inputs = ex.make_inputs(batch, seq)
+    for batch, seq, past in ((*s, 0)[:3] for s in shapes or verify_shapes(ex)):
+        log.info("verifying against torch eager on %s", _point(batch, seq, past))
+        inputs = ex.make_inputs(batch, seq, past)
         try:
             got = _ort_outputs(session, ex.input_names, inputs)
         except Exception as e:
-            raise ExportError(f"ONNX Runtime failed on batch={batch} seq={seq}: "
+            raise ExportError(f"ONNX Runtime failed on {_point(batch, seq, past)}: "
                               f"{first_line(e)}") from e
         want = _torch_outputs(ex, inputs)
         results.append(VerifyShape(batch, seq, tuple(
             compare(name, g, w, limit=limit) for name, g, w in zip(ex.output_names, got, want, strict=True)
-        )))
+        ), past))
     return tuple(results)
 
 
@@ -278,7 +335,7 @@ def source_metadata(config: ExportConfig, source: models.ModelSource) -> dict[st
     return {
         "onnxfuse.model": model, "onnxfuse.part": config.part, "onnxfuse.dtype": config.dtype,
         "onnxfuse.seed": str(config.seed), "onnxfuse.mlp_layer": str(config.mlp_layer),
-        "onnxfuse.exporter": config.exporter,
+        "onnxfuse.exporter": config.exporter, "onnxfuse.with_past": str(config.with_past).lower(),
     }
 
 
@@ -301,7 +358,8 @@ def export(config: ExportConfig) -> ExportResult:
     source = models.resolve(config.model)
     log.info("building %s (%s, %s)", source.name, config.part, config.dtype)
     ex = models.build(source, part=config.part, dtype=config.dtype, seed=config.seed,
-                      mlp_layer=config.mlp_layer, batch=config.batch, seq=config.seq)
+                      mlp_layer=config.mlp_layer, batch=config.batch, seq=config.seq,
+                      with_past=config.with_past)
     with staged_outputs(out) as stage:
         staged = stage / out.name
         log.info("exporting %s with the %s exporter", ex.name, config.exporter)
@@ -327,7 +385,7 @@ def export(config: ExportConfig) -> ExportResult:
         checks: tuple[VerifyShape, ...] = ()
         if config.verify:
             checks = verify(staged, ex, rel_l2=config.rel_l2)
-            failed = [f"batch={c.batch} seq={c.seq} {o.name}: {o.detail}"
+            failed = [f"{_point(c.batch, c.seq, c.past)} {o.name}: {o.detail}"
                       for c in checks for o in c.outputs if not o.passed]
             if failed:
                 raise ParityError(f"{ex.name} export disagrees with torch: " + " | ".join(failed))
@@ -340,7 +398,7 @@ def export(config: ExportConfig) -> ExportResult:
         onnx_path=out, data_path=data if has_data else None, opset=_opset_of(header),
         input_names=tuple(i.name for i in header.graph.input),
         output_names=tuple(o.name for o in header.graph.output), layers=ex.layers,
-        checks=checks, seconds=time.perf_counter() - start,
+        checks=checks, seconds=time.perf_counter() - start, with_past=config.with_past,
     )
 
 

@@ -20,11 +20,13 @@ from onnxfuse.numerics import DType
 from onnxfuse.pipeline import sessions
 from onnxfuse.pipeline.bench import BenchResult
 from onnxfuse.pipeline.bench import bench as _bench
-from onnxfuse.pipeline.configs import Backend, BenchConfig, Device, ParityConfig
+from onnxfuse.pipeline.configs import Backend, BenchConfig, Device, GenerateConfig, ParityConfig
 from onnxfuse.pipeline.genai import FolderRewrite, rewrite_any
+from onnxfuse.pipeline.generate import GenerateResult
+from onnxfuse.pipeline.generate import generate as _generate
 from onnxfuse.pipeline.parity import ParityResult, parity
 
-__all__ = ["bench", "compare_models", "export", "fuse", "session"]
+__all__ = ["bench", "compare_models", "export", "fuse", "generate", "session"]
 
 PathLike = str | os.PathLike[str]
 
@@ -36,12 +38,13 @@ def _path(p: PathLike | None) -> Path | None:
 def export(model: str, output: PathLike, *, part: Part = "full", exporter: Exporter = "dynamo",
            dtype: DType = "float32", opset: int | None = None, batch: int | None = None,
            seq: int | None = None, seed: int = 0, verify: bool = True, rel_l2: float | None = None,
-           force: bool = False, mlp_layer: int = 0) -> ExportResult:
+           force: bool = False, mlp_layer: int = 0, with_past: bool = False) -> ExportResult:
     """``onnxfuse export``: export and verify ``model`` to ``output``
     (:class:`~onnxfuse.exporters.ExportConfig`'s fields)."""
     return _export(ExportConfig(model, Path(output), part=part, exporter=exporter, dtype=dtype,
                                 opset=opset, batch=batch, seq=seq, seed=seed, verify=verify,
-                                rel_l2=rel_l2, force=force, mlp_layer=mlp_layer))
+                                rel_l2=rel_l2, force=force, mlp_layer=mlp_layer,
+                                with_past=with_past))
 
 
 def fuse(model: PathLike, output: PathLike, *, report: PathLike | None = None, unfuse: bool = False,
@@ -72,10 +75,20 @@ def compare_models(original: PathLike, fused: PathLike, *, device: Device = "cpu
 
 
 def bench(original: PathLike, fused: PathLike, *, device: Device = "cpu", batch: int = 2,
-          seq: int = 16, warmup: int = 3, repeat: int = 10, threads: int = 0, torch: bool = True,
+          seq: int = 16, warmup: int = 3, repeat: int = 20, threads: int = 0, torch: bool = True,
           force: bool = False, report: PathLike | None = None,
-          backends: tuple[Backend, ...] = ("default",)) -> BenchResult:
+          backends: tuple[Backend, ...] = ("default",), decode: int = 0) -> BenchResult:
     """``onnxfuse bench`` (:class:`~onnxfuse.pipeline.configs.BenchConfig`'s fields)."""
     return _bench(BenchConfig(Path(original), Path(fused), device=device, batch=batch, seq=seq,
                               warmup=warmup, repeat=repeat, threads=threads, torch=torch,
-                              force=force, report=_path(report), backends=tuple(backends)))
+                              force=force, report=_path(report), backends=tuple(backends), decode=decode))
+
+
+def generate(model: PathLike, *, prompt: str | None = None, ids: tuple[int, ...] | None = None,
+             max_new_tokens: int = 32, stop_at_eos: bool = True, device: Device = "cpu",
+             backend: Backend = "default", report: PathLike | None = None, force: bool = False) -> GenerateResult:
+    """``onnxfuse generate``: greedy tokens from a decoder with a KV cache
+    (:class:`~onnxfuse.pipeline.configs.GenerateConfig`'s fields)."""
+    return _generate(GenerateConfig(Path(model), prompt=prompt, ids=None if ids is None else tuple(ids),
+                                    max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, device=device,
+                                    backend=backend, report=_path(report), force=force))

@@ -12,6 +12,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -25,7 +26,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import onnxfuse
 from onnxfuse import ops
 from onnxfuse.errors import OnnxfuseError, first_line
-from onnxfuse.pipeline.configs import BenchConfig, DemoConfig, Option, ParityConfig, positive_int
+from onnxfuse.pipeline.configs import (
+    BenchConfig,
+    DemoConfig,
+    GenerateConfig,
+    Option,
+    ParityConfig,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from onnxfuse.exporters import ExportConfig, VerifyShape
@@ -91,13 +99,33 @@ def _quiet_torch() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _fmt_checks(checks: Sequence[VerifyShape]) -> list[str]:
+def _fmt_checks(checks: Sequence[VerifyShape], past: bool = False) -> list[str]:
     rows = []
     for c in checks:
+        where = f"batch={c.batch:<3d} seq={c.seq:<5d}" + (f" past={c.past:<5d}" if past else "")
         for o in c.outputs:
-            rows.append(f"  batch={c.batch:<3d} seq={c.seq:<5d} {o.name:<14s} rel_l2={o.rel_l2:.2e} "
+            rows.append(f"  {where} {o.name:<22s} rel_l2={o.rel_l2:.2e} "
                         f"max_abs={o.max_abs:.2e} limit={o.limit:.0e} {'ok' if o.passed else 'FAIL'}")
     return rows
+
+
+_PER_LAYER = re.compile(r"(.+)\.(\d+)\.([^.]+)")
+
+
+def _fmt_names(names: Sequence[str]) -> str:
+    """``names``, a KV cache's per-layer ones (``past_key_values.0.key``, ...) collapsed into
+    one entry (``past_key_values.{0..29}.key/.value``): 30 layers make 60 names."""
+    shown: dict[str, tuple[list[int], list[str]]] = {}
+    for name in names:
+        match = _PER_LAYER.fullmatch(name)
+        if match is None:
+            shown[name] = ([], [])
+            continue
+        layers, suffixes = shown.setdefault(match[1], ([], []))
+        layers.append(int(match[2]))
+        suffixes.append(match[3])
+    return ", ".join(name if not layers else f"{name}.{{{min(layers)}..{max(layers)}}}."
+                     + "/.".join(dict.fromkeys(suffixes)) for name, (layers, suffixes) in shown.items())
 
 
 def _run_export(config: ExportConfig) -> int:
@@ -110,10 +138,10 @@ def _run_export(config: ExportConfig) -> int:
     print(f"  model:   {result.onnx_path}")
     if result.data_path:
         print(f"  weights: {result.data_path}")
-    print(f"  inputs:  {', '.join(result.input_names)}; outputs: {', '.join(result.output_names)}")
+    print(f"  inputs:  {_fmt_names(result.input_names)}; outputs: {_fmt_names(result.output_names)}")
     if result.checks:
         print("  verified against torch eager (ONNX Runtime CPU, optimizations disabled):")
-        print("\n".join(_fmt_checks(result.checks)))
+        print("\n".join(_fmt_checks(result.checks, past=result.with_past)))
     else:
         print("  NOT verified against torch (--no-verify); onnx.checker passed")
     return 0
@@ -174,11 +202,28 @@ def _run_bench(config: BenchConfig) -> int:
     from onnxfuse.pipeline.bench import bench
 
     result = bench(config)
-    print(f"{'case':<16s} {'median ms':>10s} {'p20':>9s} {'p80':>9s} {'x unfused':>10s}")
+    unit = "ms/token" if config.decode else "median ms"
+    print(f"{'case':<16s} {unit:>10s} {'p20':>9s} {'p80':>9s} {'x unfused':>10s}"
+          + (f" {'tokens/s':>10s}" if config.decode else ""))
     for c in result.cases:
         print(f"{c['name']!s:<16s} {c['median_ms']:>10.3f} {c['p20_ms']:>9.3f} {c['p80_ms']:>9.3f} "
-              f"{c['speedup_vs_unfused']:>10.3f}")
-    print(f"speedup (unfused / fused): {result.speedup:.3f}")
+              f"{c['speedup_vs_unfused']:>10.3f}" + (f" {c['decode_tokens_per_s']:>10.1f}" if config.decode else ""))
+    for backend, s in result.intervals.items():
+        print(f"speedup (unfused / fused[{backend}]): {s.value:.3f}, 95% CI [{s.low:.3f}, {s.high:.3f}] over "
+              f"{s.rounds} paired rounds" + ("  (too noisy to tell: see the warning)" if s.noisy else ""))
+    return 0
+
+
+def _run_generate(config: GenerateConfig) -> int:
+    from onnxfuse.pipeline.generate import generate
+
+    result = generate(config)
+    print(result.text if result.text is not None else ",".join(map(str, result.tokens)))
+    decode = result.decode_tokens_per_s
+    print(f"{len(result.tokens)} token(s) after {len(result.prompt_ids)}; prefill "
+          f"{result.prefill_tokens_per_s:.1f} tokens/s, decode "
+          f"{'n/a' if decode is None else f'{decode:.1f}'} tokens/s; fused nodes on {result.implementation}",
+          file=sys.stderr)
     return 0
 
 
@@ -260,6 +305,10 @@ _EXPORT_OPTIONS = {
                           "the dtype: 1e-5 float32, 5e-3 float16, 2e-2 bfloat16)"),
     "verify": Option(help="skip the ONNX Runtime vs torch check (onnx.checker still runs)"),
     "force": Option(help="replace an existing output"),
+    "with_past": Option(help="the decoder with a KV cache (--part full only): inputs input_ids, "
+                             "attention_mask, position_ids, past_key_values.{i}.key/.value; outputs "
+                             "logits, present.{i}.key/.value (onnxruntime-genai's and optimum's names); "
+                             "verified at a prefill and at a decode step"),
 }
 _REWRITE_OPTIONS = {
     "input": Option(positional=True, metavar="IN.onnx|GENAI_FOLDER",
@@ -301,7 +350,8 @@ _COMMANDS = {
         "Export a model with torch.onnx.export (dynamic batch and sequence axes, weights in "
         "OUT.onnx.data), check it with onnx.checker, and verify it in ONNX Runtime (CPU, "
         "graph optimizations disabled) against torch eager on the example inputs and on "
-        "batch=1 seq=37. Nothing is written unless every check passes.",
+        "batch=1 seq=37 (--with-past: a prefill on the example inputs, the decode step after "
+        "it, and 3 tokens on a cache of 37). Nothing is written unless every check passes.",
         _run_export, functools.partial(_import, "onnxfuse.exporters", "ExportConfig"), _EXPORT_OPTIONS),
     "rewrite": _Command(
         f"fuse every gated MLP into one {_FUSED.qualified_name} node",
@@ -328,9 +378,20 @@ _COMMANDS = {
         "time the unfused graph, the fused graph and torch eager",
         "Time the unfused and the fused graph in ONNX Runtime (default graph optimizations, "
         "as users run them) and torch eager where the model records its source, interleaved "
-        "in one run: warm-up rounds, then the median of --repeat rounds, with p20/p80.",
+        "in one run (no thread spinning, the order reversed every other round): medians with "
+        "p20/p80, and the speedup paired per round with its 95% confidence interval; a "
+        "warning when the machine is too noisy to tell.",
         _run_bench, lambda: BenchConfig,
         triton_on_cpu=lambda c: "triton" in c.backends and c.device == "cpu"),
+    "generate": _Command(
+        "greedy generation with the model's KV cache in ONNX Runtime",
+        "Greedy generation from a decoder with a KV cache (`export --with-past`, or an "
+        "onnxruntime-genai or optimum decoder with the same input and output names, or a genai "
+        "folder): the prompt runs once as a prefill, then one token per step with the cache "
+        "kept in ONNX Runtime (I/O binding, never re-fed). Prints the text (or the ids) and "
+        "prefill and decode tokens/s.",
+        _run_generate, lambda: GenerateConfig,
+        triton_on_cpu=lambda c: c.backend == "triton" and c.device == "cpu"),
     "view": _Command(
         "serve a model with Netron on a loopback port",
         "Serve MODEL with Netron on 127.0.0.1, print the URL, open the browser unless "

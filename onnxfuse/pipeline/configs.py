@@ -26,11 +26,13 @@ __all__ = [
     "BenchConfig",
     "DemoConfig",
     "Device",
+    "GenerateConfig",
     "Option",
     "ParityConfig",
     "cli",
     "parse_backends",
     "parse_ceiling",
+    "parse_ids",
     "positive_int",
 ]
 
@@ -125,6 +127,17 @@ def parse_ceiling(text: str) -> tuple[str, float]:
         raise ValueError(f"expected OUTPUT=CEILING, e.g. logits=1e-4, got {text!r}") from None
 
 
+def parse_ids(text: str) -> tuple[int, ...]:
+    """Comma-separated token ids, e.g. ``1,2,3``."""
+    try:
+        ids = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected token ids like 1,2,3, got {text!r}") from None
+    if any(i < 0 for i in ids):
+        raise ValueError(f"token ids are >= 0, got {text!r}")
+    return ids
+
+
 def _check_choices(what: str, values: tuple[str, ...], choices: tuple[str, ...]) -> None:
     unknown = [v for v in values if v not in choices]
     if unknown or not values:
@@ -183,8 +196,10 @@ class ParityConfig:
 class BenchConfig:
     """Time ``original`` and ``fused`` (and torch eager, where the source is known).
 
-    Sessions use ORT's default graph optimizations (what a user runs); ``repeat`` rounds
-    each run every case once, in turn, after ``warmup`` rounds. ``backends`` are the fused
+    Sessions use ORT's default graph optimizations (what a user runs), without thread
+    spinning; ``repeat`` rounds each run every case once, the order reversed every other
+    round, after ``warmup`` rounds that also calibrate the calls per sample. The speedup is
+    paired per round, with a 95% interval (onnxfuse.pipeline.bench). ``backends`` are the fused
     graph's (:data:`BACKENDS`), each its own case ``fused[BACKEND]``; ``speedup`` is the
     first one's.
     """
@@ -195,7 +210,8 @@ class BenchConfig:
     batch: int = field(default=2, metadata=cli(parse=positive_int, help="batch of the inputs"))
     seq: int = field(default=16, metadata=cli(parse=positive_int, help="sequence length of the inputs"))
     warmup: int = field(default=3, metadata=cli(help="untimed rounds first"))
-    repeat: int = field(default=10, metadata=cli(parse=positive_int, help="timed rounds"))
+    repeat: int = field(default=20, metadata=cli(parse=positive_int, help="timed rounds (each gives one "
+                                                                          "paired ratio for the interval)"))
     threads: int = field(default=0, metadata=cli(help="intra-op threads (default: 0, ORT's choice)"))
     torch: bool = field(default=True, metadata=cli(help="skip torch eager"))
     force: bool = field(default=False, metadata=cli(help="replace an existing --json report"))
@@ -205,6 +221,10 @@ class BenchConfig:
         flags=("--backend",), parse=parse_backends, metavar="LIST",
         help=f"the fused graph's backends to time: several, comma-separated, each its own case, "
              f"or all; {_BACKEND_HELP}"))
+    decode: int = field(default=0, metadata=cli(metavar="N", help=(
+        "time greedy generation of N tokens with the KV cache (decoders exported --with-past) after "
+        "a --seq-token prompt: milliseconds per decode step and tokens/s per case (torch eager with "
+        "its own cache); 0: one forward pass")))
 
     def __post_init__(self) -> None:
         """Raises: UserError: an unknown device, no or an unknown backend, a count out of
@@ -212,7 +232,45 @@ class BenchConfig:
         _check_choices("device", (self.device,), DEVICES)
         _check_choices("backend", self.backends, BACKENDS)
         _check_at_least(1, batch=self.batch, seq=self.seq, repeat=self.repeat)
-        _check_at_least(0, warmup=self.warmup, threads=self.threads)
+        _check_at_least(0, warmup=self.warmup, threads=self.threads, decode=self.decode)
+        if self.decode == 1:
+            raise UserError("--decode 1 has no decode step to time (the first token comes from the prompt): "
+                            "use 2 or more")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """Greedy generation with a decoder's KV cache (onnxfuse.pipeline.generate): ``prompt``
+    through the model's tokenizer, or ``ids``; ``max_new_tokens`` new tokens, fewer when the
+    tokenizer's end-of-sequence token comes (unless ``stop_at_eos`` is false)."""
+
+    model: Path = field(metadata=cli(positional=True, metavar="MODEL.onnx|GENAI_FOLDER", help=(
+        "a decoder with a KV cache (`export --with-past`, genai's or optimum's names), or an "
+        "onnxruntime-genai model folder")))
+    prompt: str | None = field(default=None, metadata=cli(metavar="TEXT", help=(
+        "the prompt, through the tokenizer beside the model (tokenizer.json) or of its recorded "
+        "checkpoint")))
+    ids: tuple[int, ...] | None = field(default=None, metadata=cli(
+        parse=parse_ids, metavar="1,2,3", help="the prompt as token ids (no tokenizer needed)"))
+    max_new_tokens: int = field(default=32, metadata=cli(parse=positive_int, metavar="N",
+                                                         help="how many tokens to generate"))
+    stop_at_eos: bool = field(default=True, metadata=cli(
+        help="keep generating past the tokenizer's end-of-sequence token"))
+    device: Device = field(default="cpu", metadata=cli(help=_DEVICE_HELP))
+    backend: Backend = field(default="default", metadata=cli(help=f"how the fused nodes run: {_BACKEND_HELP}"))
+    report: Path | None = field(default=None, metadata=cli(flags=("--json",), metavar="REPORT.json",
+                                                           help="write the JSON report (tokens, tokens/s)"))
+    force: bool = field(default=False, metadata=cli(help="replace an existing --json report"))
+
+    def __post_init__(self) -> None:
+        """Raises: UserError: an unknown device or backend, a count below 1, both a prompt
+        and ids (API callers skip the CLI's checks)."""
+        _check_choices("device", (self.device,), DEVICES)
+        _check_choices("backend", (self.backend,), BACKENDS)
+        _check_at_least(1, max_new_tokens=self.max_new_tokens)
+        if self.prompt is not None and self.ids is not None:
+            raise UserError("pass --prompt or --ids, not both")
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:

@@ -32,7 +32,8 @@ from onnxfuse.fileio import check_output, model_files, write_report
 from onnxfuse.graph_rewrites import RewriteConfig, RewriteResult, rewrite
 from onnxfuse.kernels import ort as plugin
 
-__all__ = ["CONFIG_NAME", "MAX_CONFIG_BYTES", "FolderRewrite", "is_genai_folder", "read_config", "rewrite_any"]
+__all__ = ["CONFIG_NAME", "MAX_CONFIG_BYTES", "FolderRewrite", "checked_path", "is_genai_folder", "read_config",
+           "rewrite_any"]
 
 CONFIG_NAME = "genai_config.json"
 MAX_CONFIG_BYTES = 1 << 20
@@ -74,7 +75,7 @@ def _check_depth(value: Any, folder: Path, depth: int = 0) -> None:
         _check_depth(child, folder, depth + 1)
 
 
-def _inside(folder: Path, text: str, where: str) -> str:
+def checked_path(folder: Path, text: str, where: str) -> str:
     """``text`` as a relative path that stays inside ``folder``, or an error naming ``where``."""
     p = PurePosixPath(text.replace("\\", "/"))
     if not text or p.is_absolute() or ".." in p.parts or text.startswith("~"):
@@ -89,7 +90,7 @@ def _paths(value: Any, folder: Path, where: str = "") -> Iterator[tuple[str, str
         for k, v in value.items():
             here = f"{where}.{k}" if where else str(k)
             if isinstance(v, str) and any(key in str(k) for key in _PATH_KEYS):
-                yield here, _inside(folder, v, here)
+                yield here, checked_path(folder, v, here)
             else:
                 yield from _paths(v, folder, here)
     elif isinstance(value, list):
@@ -187,7 +188,7 @@ def rewrite_folder(config: RewriteConfig) -> FolderRewrite:
     genai = read_config(src)
     files = _files(src)
     decoder = genai["model"]["decoder"]
-    model_name = _inside(src, decoder["filename"], "model.decoder.filename")
+    model_name = checked_path(src, decoder["filename"], "model.decoder.filename")
     model_in = src / model_name
     if Path(model_name) not in files:
         raise _fail(src, f"the decoder {model_name} named by {CONFIG_NAME} is missing", "fix the config")

@@ -239,7 +239,8 @@ def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[d
         ex = _build(info.source, info.metadata.get("onnxfuse.part", "full"),
                     info.metadata.get("onnxfuse.dtype", "float32"),
                     int(info.metadata.get("onnxfuse.seed", "0")),
-                    int(info.metadata.get("onnxfuse.mlp_layer", "0")))
+                    int(info.metadata.get("onnxfuse.mlp_layer", "0")),
+                    info.metadata.get("onnxfuse.with_past") == "true")
         tensors = ex.make_inputs(batch, seq)
         return {n: _to_numpy(t) for n, t in zip(ex.input_names, tensors, strict=True)}, (ex, tensors)
     rng = np.random.default_rng(seed)
@@ -321,13 +322,13 @@ def _genai_head_size(model: Path) -> int | None:
 
 
 @functools.lru_cache(maxsize=2)
-def _build(model: str, part: str, dtype: str, seed: int, mlp_layer: int) -> models.Exportable:
+def _build(model: str, part: str, dtype: str, seed: int, mlp_layer: int, with_past: bool) -> models.Exportable:
     # Cached: parity and bench ask for two shapes of the same model, and loading a real
     # checkpoint takes seconds (SmolLM2: 17 s).
     # part and dtype are the model's metadata strings, unchecked: build refuses any value but
     # its own with a UserError that names it.
     return models.build(model, part=cast(models.Part, part), dtype=cast(DType, dtype), seed=seed,
-                        mlp_layer=mlp_layer)
+                        mlp_layer=mlp_layer, with_past=with_past)
 
 
 def _to_numpy(t: Any) -> np.ndarray:

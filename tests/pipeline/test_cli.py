@@ -25,6 +25,7 @@ def _assert_user_error(proc, *needles: str) -> None:  # type: ignore[no-untyped-
     (["--model", "tiny", "--dtype", "float64"], ["invalid choice"]),
     (["--model", "tiny", "--batch", "0"], ["must be >= 1"]),
     (["--model", "tiny", "--opset", "99"], ["out of range"]),
+    (["--model", "tiny", "--part", "mlp", "--with-past"], ["not --part mlp", "--part full --with-past"]),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], needles: list[str]) -> None:
     proc = run_cli(["export", *args, "-o", str(tmp_path / "m.onnx")], cwd=tmp_path)

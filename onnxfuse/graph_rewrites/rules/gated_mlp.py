@@ -978,14 +978,15 @@ def _bias_after(node: ir.Node) -> ir.Value | None:
 def scan(graph: ir.Graph) -> list[NearMiss]:
     """Every unfused gated-MLP candidate in ``graph`` with the reason it was left alone.
 
-    A candidate is ``MatMul(Mul(a, b), W)`` where ``a`` and ``b`` each lead back, through
-    element-wise ops, to a ``MatMul`` of one shared input.
+    A candidate is ``MatMul(Mul(a, b), W)`` (a Gemm or a quantized matmul too) where ``a``
+    and ``b`` each lead back, through element-wise ops, to a projection of one shared input
+    (a MatMul, Gemm or quantized matmul, or a Split or Slice part of a packed one).
     """
     found = []
     for down in graph:
         if not _scan.is_projection(down):
             continue
-        product = down.inputs[0]  # present: standard_node checked it
+        product = down.inputs[0]  # present: is_projection checked it
         mul = product.producer() if product is not None else None
         if mul is None or mul.op_type != "Mul" or not _scan.standard_node(mul, 2) or None in mul.inputs:
             continue

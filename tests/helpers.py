@@ -66,6 +66,19 @@ def fuse_proto(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[FusedNode]
     return ir.to_proto(model), fused, skipped
 
 
+def stored_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every float tensor ``model`` stores: initializers, and Constant nodes in the
+    graph and in function bodies (a weight embedded in a body is stored again). Integer
+    tensors (shapes, indices) do not count."""
+    from onnx import numpy_helper
+
+    tensors = list(model.graph.initializer)
+    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
+        tensors += [a.t for a in node.attribute if a.name == "value" and node.op_type == "Constant"]
+    arrays = [numpy_helper.to_array(t) for t in tensors]
+    return sum(a.nbytes for a in arrays if a.dtype.kind == "f" or a.dtype.name == "bfloat16")
+
+
 # ------------------------------------------------------------------------------ exports
 
 class Exports:
@@ -87,19 +100,19 @@ class Exports:
         root.mkdir(parents=True, exist_ok=True)
 
     def export(self, model: str, part: str = "full", exporter: str = "dynamo", dtype: str = "float32",
-               verify: bool = True, with_past: bool = False) -> ExportResult:
+               verify: bool = True, with_past: bool = False, opset: int | None = None) -> ExportResult:
         """``onnxfuse.exporters.export`` of ``model`` with these settings (the rest default)
         into a folder of its own, holding exactly what the export wrote (``with_past``: the
-        decoder with a KV cache)."""
+        decoder with a KV cache; ``opset`` ``None``: the exporter's own)."""
         from onnxfuse.exporters import ExportConfig, export
 
-        name = _export_name(model, part, exporter, dtype, with_past)
+        name = _export_name(model, part, exporter, dtype, with_past) + (f"-opset{opset}" if opset is not None else "")
         key = name if verify else f"{name}-unverified"
 
         def make(folder: Path) -> ExportResult:
             return export(ExportConfig(model, folder / f"{name}.onnx", part=part,  # type: ignore[arg-type]
                                        exporter=exporter, dtype=dtype, verify=verify,  # type: ignore[arg-type]
-                                       with_past=with_past))
+                                       with_past=with_past, opset=opset))
         return self.cached(key, make)
 
     def fused_pair(self, model: str, part: str = "full", dtype: str = "float32",

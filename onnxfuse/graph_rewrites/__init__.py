@@ -19,11 +19,16 @@ from onnxfuse.graph_rewrites._pass import (
 )
 from onnxfuse.graph_rewrites._rewrite import RewriteConfig, RewriteResult, rewrite
 from onnxfuse.graph_rewrites.rules import DEFAULT_FAMILIES, all_rules
-from onnxfuse.graph_rewrites.rules.gated_mlp import ACTIVATION_FORMS, GatedMLPFusion
+from onnxfuse.graph_rewrites.rules.gated_mlp import (
+    ACTIVATION_FORMS,
+    EvaluatedGatedMLPFusion,
+    GatedMLPFusion,
+)
 
 __all__ = [
     "ACTIVATION_FORMS",
     "DEFAULT_FAMILIES",
+    "EvaluatedGatedMLPFusion",
     "Family",
     "FusePass",
     "FuseResult",

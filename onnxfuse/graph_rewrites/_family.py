@@ -28,7 +28,15 @@ reason): every fusion's check then refuses that root."""
 class Fusion(pattern.RewriteRuleClassBase):
     """A class-based rule whose parameters stay on the instance (onnxscript's ``rule()``
     builds a new instance and keeps only the rule), so the pass can select fusions by their
-    parameters before any matching."""
+    parameters before any matching.
+
+    Attributes:
+        matcher: ``None`` to match :meth:`pattern` with onnxscript's matcher, one variant per
+            operand order; or a factory of an onnxscript ``PatternMatcher`` that matches on
+            its own (every operand order included), given the pattern: one variant.
+    """
+
+    matcher: Callable[[Any], pattern.PatternMatcher] | None = None
 
     def __init__(self, name: str | None = None, remove_nodes: bool = True,
                  as_function: bool = False) -> None:
@@ -46,10 +54,11 @@ class Fusion(pattern.RewriteRuleClassBase):
         variants: list[pattern.RewriteRule] | None = getattr(self._per_thread, "variants", None)
         if variants is None:
             rule = pattern.RewriteRule(
-                self.pattern, self.rewrite, self._check_unrefused, name=self.name, remove_nodes=self.remove_nodes,
-                graph_pre_visitor=self.setup, graph_post_visitor=self.cleanup,
-                as_function=self.as_function)
-            variants = self._per_thread.variants = list(rule.commute())
+                self.pattern, self.rewrite, self._check_unrefused, matcher=self.matcher, name=self.name,
+                remove_nodes=self.remove_nodes, graph_pre_visitor=self.setup,
+                graph_post_visitor=self.cleanup, as_function=self.as_function)
+            variants = [rule] if self.matcher is not None else list(rule.commute())
+            self._per_thread.variants = variants
         return variants
 
     def _check_unrefused(self, context: Any, **bindings: Any) -> Any:

@@ -9,12 +9,15 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
-__all__ = ["TRANSPOSED_FROM", "Reason", "constant_shape", "element_type", "gemm_attributes_ok",
-           "is_constant", "is_standard"]
+__all__ = ["COLUMNS_OF", "TRANSPOSED_FROM", "Reason", "constant_shape", "dequantized", "element_type",
+           "gemm_attributes_ok", "is_constant", "is_standard"]
 
 TRANSPOSED_FROM = "onnxfuse.transposed_from"
 """``Value.meta`` key of an initializer a fusion stores transposed (computed when the model is
 saved): the value it is the transpose of."""
+COLUMNS_OF = "onnxfuse.columns_of"
+"""``Value.meta`` key of an initializer a fusion stores as some columns of a packed weight
+(computed when the model is saved): ``(the packed weight's value, the column indices)``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +34,9 @@ def is_standard(node: ir.Node) -> bool:
 
 
 def _producer_chain_constant(value: ir.Value) -> tuple[bool, tuple[int, ...] | None]:
-    """Whether ``value`` is a constant weight (initializer, Constant, or a 2-D Transpose of
-    one) and its static shape."""
+    """Whether ``value`` is a constant weight (initializer, Constant, a 2-D Transpose of one,
+    or an Identity of one: exporters write equal initializers once and the other uses as
+    Identity nodes) and its static shape."""
     if value.is_initializer() or value.const_value is not None:
         shape = value.shape if value.shape is not None else (
             value.const_value.shape if value.const_value is not None else None)
@@ -44,7 +48,9 @@ def _producer_chain_constant(value: ir.Value) -> tuple[bool, tuple[int, ...] | N
         attr = node.attributes.get("value")
         tensor = attr.as_tensor() if attr is not None else None
         return tensor is not None, _dims(tensor.shape) if tensor is not None else None
-    if node.op_type == "Transpose" and is_standard(node) and node.inputs[0] is not None:
+    if node.op_type == "Identity" and is_standard(node) and node.inputs and node.inputs[0] is not None:
+        return _producer_chain_constant(node.inputs[0])
+    if node.op_type == "Transpose" and is_standard(node) and node.inputs and node.inputs[0] is not None:
         perm = node.attributes.get("perm")
         if perm is not None and list(perm.as_ints()) != [1, 0]:
             return False, None
@@ -72,7 +78,7 @@ def constant_shape(value: ir.Value) -> tuple[int, ...] | None:
 
 def element_type(value: ir.Value | None) -> ir.DataType | None:
     """The element type of ``value``, from its annotation, its constant, or the constant it
-    is a Transpose of; ``None`` if unknown."""
+    is a Transpose or an Identity of; ``None`` if unknown."""
     if value is None:
         return None
     if value.dtype is not None:
@@ -84,7 +90,7 @@ def element_type(value: ir.Value | None) -> ir.DataType | None:
     node = value.producer()
     if node is None or not is_standard(node):
         return None
-    if node.op_type == "Transpose":
+    if node.op_type in ("Transpose", "Identity"):
         return element_type(node.inputs[0]) if node.inputs else None
     attr = node.attributes.get("value") if node.op_type == "Constant" else None
     return attr.as_tensor().dtype if attr is not None else None
@@ -98,3 +104,13 @@ def gemm_attributes_ok(node: ir.Node) -> bool:
         return default if a is None else a.value
     return (attr("alpha", 1.0) == 1.0 and attr("beta", 1.0) == 1.0 and attr("transA", 0) == 0
             and attr("transB", 0) == 1)
+
+
+def dequantized(value: ir.Value | None) -> ir.Node | None:
+    """The ``DequantizeLinear`` node ``value`` comes from (through Transposes and Identities),
+    if any: a quantized weight, which a float-weight fusion must leave alone."""
+    node = value.producer() if value is not None else None
+    while node is not None and is_standard(node) and node.op_type in ("Transpose", "Identity") \
+            and node.inputs and node.inputs[0] is not None:
+        node = node.inputs[0].producer()
+    return node if node is not None and node.op_type == "DequantizeLinear" else None

@@ -7,20 +7,43 @@ import onnx_ir as ir
 
 from onnxfuse.graph_rewrites import _safety
 
-__all__ = ["SPLITTERS", "backward_slice", "node_name", "standard_node"]
+__all__ = ["SPLITTERS", "backward_slice", "is_elementwise", "is_projection", "node_name", "quantized", "standard_node"]
 
 # Ops an activation or a bias may be built of, between a projection and the product.
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sigmoid", "Tanh", "Erf", "Gelu", "Relu",
                 "Swish", "QuickGelu", "FastGelu", "BiasGelu", "Cast", "Neg", "Exp", "HardSigmoid",
-                "Softplus", "Identity"}
+                "Softplus", "Identity", "Sqrt", "Reciprocal"}
 SPLITTERS = frozenset({"Split", "Slice"})
+# Projections with quantized weights (onnxruntime-genai writes int4 models with MatMulNBits).
+_QUANTIZED_MATMULS = frozenset({("com.microsoft", "MatMulNBits"), ("com.microsoft", "MatMulBnb4")})
+
+
+def is_elementwise(node: ir.Node) -> bool:
+    """An op an activation or a bias may be built of (of any domain: QuickGelu, FastGelu, ...)."""
+    return node.op_type in _ELEMENTWISE
+
+
+def is_projection(node: ir.Node) -> bool:
+    """An ONNX MatMul or Gemm (with its first two inputs), or a quantized matmul."""
+    if (node.domain, node.op_type) in _QUANTIZED_MATMULS:
+        return len(node.inputs) >= 2 and node.inputs[0] is not None
+    return node.op_type in ("MatMul", "Gemm") and standard_node(node, 2)
+
+
+def quantized(node: ir.Node) -> str | None:
+    """How ``node``, a projection, is quantized (a quantized matmul, or a MatMul or Gemm whose
+    weight comes from a DequantizeLinear), or ``None`` for a float projection."""
+    if (node.domain, node.op_type) in _QUANTIZED_MATMULS:
+        return f"{node.domain}::{node.op_type} {node_name(node)}"
+    source = _safety.dequantized(node.inputs[1]) if len(node.inputs) > 1 else None
+    return f"{node_name(node)} reads {node_name(source)}" if source is not None else None
 
 
 def backward_slice(value: ir.Value, limit: int = 32) -> tuple[list[ir.Node], list[ir.Node]]:
     """Nodes between ``value`` and the projections it comes from: ``(interior, roots)``.
 
-    Walks producers through element-wise ops; MatMul, Gemm, Split and Slice end the walk
-    (the roots). Constant inputs are not followed."""
+    Walks producers through element-wise ops; MatMul, Gemm, quantized matmuls, Split and
+    Slice end the walk (the roots). Constant inputs are not followed."""
     interior: list[ir.Node] = []
     roots: list[ir.Node] = []
     stack = [value]
@@ -28,8 +51,13 @@ def backward_slice(value: ir.Value, limit: int = 32) -> tuple[list[ir.Node], lis
         node = stack.pop().producer()
         if node is None or node in interior or node in roots:
             continue
-        if node.op_type in ("MatMul", "Gemm") or node.op_type in SPLITTERS:
-            if not standard_node(node, 1 if node.op_type in SPLITTERS else 2):
+        if node.op_type in SPLITTERS:
+            if not standard_node(node, 1):
+                return interior, []
+            roots.append(node)
+            continue
+        if node.op_type in ("MatMul", "Gemm") or (node.domain, node.op_type) in _QUANTIZED_MATMULS:
+            if not is_projection(node):
                 return interior, []
             roots.append(node)
             continue

@@ -18,8 +18,7 @@ after the check, so a 7B model's layer costs a few milliseconds and no float64 c
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
@@ -27,7 +26,7 @@ import onnx_ir as ir
 
 from onnxfuse import numerics, ops
 from onnxfuse.errors import first_line
-from onnxfuse.graph_rewrites import _safety
+from onnxfuse.graph_rewrites import _interpret, _safety
 
 __all__ = ["PROBE_ROWS", "verify"]
 
@@ -61,11 +60,16 @@ class _Constants:
         source = value.meta.get(_safety.TRANSPOSED_FROM)
         if source is not None:  # a weight the rewrite stores transposed when the model is saved
             return self.array(source).T
+        columns = value.meta.get(_safety.COLUMNS_OF)
+        if columns is not None:  # a part of a packed weight the rewrite stores when it saves
+            return self.array(columns[0])[:, columns[1]]
         tensor = value.const_value
         node = value.producer()
         if tensor is None and node is not None and _safety.is_standard(node):
             if node.op_type == "Constant" and "value" in node.attributes:
                 tensor = node.attributes["value"].as_tensor()
+            elif node.op_type == "Identity" and node.inputs and node.inputs[0] is not None:
+                return self.array(node.inputs[0])
             elif node.op_type == "Transpose" and node.inputs and node.inputs[0] is not None:
                 perm = node.attributes.get("perm")
                 if perm is None or list(perm.as_ints()) == [1, 0]:
@@ -133,13 +137,14 @@ def _verify(spec: ops.OpSpec, fused: ir.Node, original: Sequence[ir.Node],
     slot = list(fused.inputs).index(x)
     args: list[np.ndarray | None] = [None if v is None else constants.array(v) if v is not x else None
                                      for v in fused.inputs]
-    probe = np.random.default_rng(0).standard_normal(_probe_shape(spec, slot, args))
+    rank = len(x.shape) if x.shape is not None else None
+    probe = np.random.default_rng(0).standard_normal(_probe_shape(spec, slot, args, rank))
     args[slot] = probe
     args += [None] * (len(spec.inputs) - len(args))
     attributes = {a.name: fused.attributes[a.name].as_string() if a.name in fused.attributes
                   else a.default for a in spec.attributes}
     actual = spec.reference(*args, **attributes)
-    expected = _evaluate(original, {id(x): probe}, outputs, constants)
+    expected = _interpret.evaluate(original, {id(x): probe}, outputs, constants.array)
     limit = numerics.tolerance(dtype)
     for value, new, want in zip(outputs, new_outputs, expected, strict=True):
         got = actual[list(fused.outputs).index(new)]
@@ -161,16 +166,20 @@ def _dtype(values: Sequence[ir.Value | None]) -> numerics.DType | None:
     return None
 
 
-def _probe_shape(spec: ops.OpSpec, slot: int, args: Sequence[np.ndarray | None]) -> tuple[int, ...]:
+def _probe_shape(spec: ops.OpSpec, slot: int, args: Sequence[np.ndarray | None],
+                 rank: int | None = None) -> tuple[int, ...]:
     """The shape of a probe for input ``slot``, from the registry's shapes: ``...`` is
-    :data:`PROBE_ROWS` rows, a named dim is read off a constant input that has it."""
+    :data:`PROBE_ROWS` rows, after leading 1s up to the input's ``rank`` where it is known
+    (matched nodes may read an axis by a positive index: the dynamo exporter's ``Split`` of
+    a packed projection at ``axis=2``); a named dim is read off a constant input that has it."""
     def dims(i: int) -> list[str]:
         return [d.strip() for d in spec.inputs[i].shape.strip("[]").split(",")]
 
     shape: list[int] = []
+    named = len(dims(slot)) - 1
     for name in dims(slot):
         if name == "...":
-            shape.append(PROBE_ROWS)
+            shape += [1] * max(0, (rank or 0) - named - 1) + [PROBE_ROWS]
             continue
         sizes = [a.shape[j] for i, a in enumerate(args) if a is not None and i < len(spec.inputs)
                  for j, d in enumerate(dims(i)) if d == name and j < a.ndim]
@@ -178,75 +187,3 @@ def _probe_shape(spec: ops.OpSpec, slot: int, args: Sequence[np.ndarray | None])
             raise ValueError(f"no constant input of {spec.op_type} gives dim {name} of {spec.inputs[slot].name}")
         shape.append(sizes[0])
     return tuple(shape)
-
-
-# ------------------------------------------------------------ the matched nodes, in numpy
-
-def _f64(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64)
-
-
-def _sigmoid(a: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-a))
-
-
-def _matmul(node: ir.Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return numerics.matmul64(a, b) if b.ndim == 2 else np.matmul(_f64(a), _f64(b))
-
-
-def _gemm(node: ir.Node, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
-    a = a.T if node.attributes.get_int("transA", 0) else a
-    b = b.T if node.attributes.get_int("transB", 0) else b
-    y = node.attributes.get_float("alpha", 1.0) * numerics.matmul64(a, b)
-    return y if c is None else y + node.attributes.get_float("beta", 1.0) * _f64(c)
-
-
-def _gelu(node: ir.Node, a: np.ndarray) -> np.ndarray:
-    a = _f64(a)
-    approximate = node.attributes.get_string("approximate", "none")
-    if approximate == "none":
-        return 0.5 * a * (1.0 + numerics.erf64(a / math.sqrt(2.0)))
-    if approximate == "tanh":
-        return 0.5 * a * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a**3)))
-    raise ValueError(f"Gelu approximate={approximate!r}")
-
-
-def _scaled_silu(default_alpha: float) -> Callable[..., np.ndarray]:
-    def op(node: ir.Node, a: np.ndarray) -> np.ndarray:
-        a = _f64(a)
-        return a * _sigmoid(node.attributes.get_float("alpha", default_alpha) * a)
-    return op
-
-
-# The ops the gated-MLP patterns match (ONNX semantics; com.microsoft's QuickGelu defaults
-# to alpha 1.702), by (domain, op_type).
-_OPS: dict[tuple[str, str], Callable[..., np.ndarray]] = {
-    ("", "MatMul"): _matmul,
-    ("", "Gemm"): _gemm,
-    ("", "Add"): lambda n, a, b: _f64(a) + _f64(b),
-    ("", "Sub"): lambda n, a, b: _f64(a) - _f64(b),
-    ("", "Mul"): lambda n, a, b: _f64(a) * _f64(b),
-    ("", "Div"): lambda n, a, b: _f64(a) / _f64(b),
-    ("", "Pow"): lambda n, a, b: np.power(_f64(a), _f64(b)),
-    ("", "Neg"): lambda n, a: -_f64(a),
-    ("", "Identity"): lambda n, a: _f64(a),
-    ("", "Sigmoid"): lambda n, a: _sigmoid(_f64(a)),
-    ("", "Tanh"): lambda n, a: np.tanh(_f64(a)),
-    ("", "Erf"): lambda n, a: numerics.erf64(a),
-    ("", "Gelu"): _gelu,
-    ("", "Swish"): _scaled_silu(1.0),
-    ("com.microsoft", "QuickGelu"): _scaled_silu(1.702),
-}
-
-
-def _evaluate(nodes: Sequence[ir.Node], values: dict[int, np.ndarray], outputs: Sequence[ir.Value],
-              constants: _Constants) -> list[np.ndarray]:
-    """``outputs`` of ``nodes`` (in an order that evaluates them) given the arrays of their non-constant inputs."""
-    for node in nodes:
-        op = _OPS.get(("" if _safety.is_standard(node) else node.domain, node.op_type))
-        if op is None or len(node.outputs) != 1:
-            raise ValueError(f"no evaluation of {node.domain or 'ai.onnx'}::{node.op_type} node {node.name}")
-        args = [None if v is None else values[id(v)] if id(v) in values else constants.array(v)
-                for v in node.inputs]
-        values[id(node.outputs[0])] = op(node, *args)
-    return [values[id(v)] for v in outputs]

@@ -11,8 +11,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 D, D_FF = 8, 12
 ACT_FORMS = ("silu", "silu_rev", "swish", "swish_default", "quick_gelu", "gelu", "gelu_none",
-             "gelu_tanh", "gelu_erf_dec", "gelu_tanh_dec", "tanh", "sigmoid_only", "swish_alpha2",
+             "gelu_tanh", "gelu_erf_dec", "gelu_tanh_dec", "gelu_tanh_ts", "gelu_tanh_ts_rev",
+             "gelu_tanh_ts_identity", "silu_exp", "silu_per_channel", "tanh", "sigmoid_only", "swish_alpha2",
              "quick_gelu_1702", "relu", "none")
+# Forms only the evaluated fusion (the activation recognised by what it computes) fuses:
+# MatMul projections only.
+EVALUATED_FORMS = ("gelu_tanh_ts", "gelu_tanh_ts_rev", "gelu_tanh_ts_identity", "silu_exp")
+# Packed gate/up projections: one MatMul, then these splitters (graphs.gated_mlp(packed=...)).
+PACKED = ("split", "split_axis2", "split_sizes", "slice", "slice_interleaved", "slice_shape")
+INT64_MAX = 2**63 - 1
 
 
 class Builder:
@@ -53,6 +60,20 @@ class Builder:
             np.array(value, dtype=helper.tensor_dtype_to_np_dtype(self.dtype)), name))
         return name
 
+    def constant(self, value: float) -> str:
+        """A scalar from a Constant node (as the TorchScript exporter writes them)."""
+        tensor = numpy_helper.from_array(np.array(value, dtype=helper.tensor_dtype_to_np_dtype(self.dtype)))
+        name = self.name("k")
+        self.nodes.append(helper.make_node("Constant", [], [name], name=self.name("n_Constant"), value=tensor))
+        return name
+
+    def ints(self, values: list[int]) -> str:
+        """A 1-D int64 Constant node (slice bounds, axes, split sizes)."""
+        name = self.name("i")
+        self.nodes.append(helper.make_node("Constant", [], [name], name=self.name("n_Constant"),
+                                           value=numpy_helper.from_array(np.array(values, dtype=np.int64))))
+        return name
+
 
 def activation(b: Builder, g: str, form: str) -> str:
     if form == "silu":
@@ -84,6 +105,35 @@ def activation(b: Builder, g: str, form: str) -> str:
                              b.op("Add", [g, b.op("Mul", [b.scalar(0.044715), cube])])])
         return b.op("Mul", [b.op("Mul", [b.scalar(0.5), g]),
                             b.op("Add", [b.op("Tanh", [inner]), b.scalar(1.0)])])
+    if form == "gelu_tanh_ts":
+        # What the TorchScript exporter writes at opset 18 (Gemma's gelu_pytorch_tanh): g³ as
+        # two Muls, constants as Constant nodes on the left.
+        cube = b.op("Mul", [g, b.op("Mul", [g, g])])
+        inner = b.op("Mul", [b.constant(math.sqrt(2.0 / math.pi)),
+                             b.op("Add", [g, b.op("Mul", [b.constant(0.044715), cube])])])
+        half = b.op("Mul", [g, b.op("Add", [b.constant(1.0), b.op("Tanh", [inner])])])
+        return b.op("Mul", [b.constant(0.5), half])
+    if form == "gelu_tanh_ts_rev":
+        # Every operand the other way round, 0.5 applied first, g³ as (g·g)·g.
+        cube = b.op("Mul", [b.op("Mul", [g, g]), g])
+        inner = b.op("Mul", [b.op("Add", [b.op("Mul", [cube, b.constant(0.044715)]), g]),
+                             b.constant(math.sqrt(2.0 / math.pi))])
+        return b.op("Mul", [b.op("Mul", [g, b.constant(0.5)]),
+                            b.op("Add", [b.op("Tanh", [inner]), b.constant(1.0)])])
+    if form == "gelu_tanh_ts_identity":
+        # Scalars as initializers read through Identity nodes (equal initializers merged).
+        def scalar(value: float) -> str:
+            return b.op("Identity", [b.scalar(value)])
+        cube = b.op("Pow", [g, scalar(3.0)])
+        inner = b.op("Mul", [scalar(math.sqrt(2.0 / math.pi)),
+                             b.op("Add", [g, b.op("Mul", [scalar(0.044715), cube])])])
+        return b.op("Mul", [b.op("Mul", [scalar(0.5), g]), b.op("Add", [b.op("Tanh", [inner]), scalar(1.0)])])
+    if form == "silu_exp":  # g / (1 + exp(-g))
+        return b.op("Div", [g, b.op("Add", [b.constant(1.0), b.op("Exp", [b.op("Neg", [g])])])])
+    if form == "silu_per_channel":  # g * sigmoid(g * c), c a [D_FF] vector (of ones)
+        c = b.name("c")
+        b.inits.append(numpy_helper.from_array(np.ones(D_FF, helper.tensor_dtype_to_np_dtype(b.dtype)), c))
+        return b.op("Mul", [g, b.op("Sigmoid", [b.op("Mul", [g, c])])])
     if form == "tanh":
         return b.op("Mul", [g, b.op("Tanh", [g])])
     if form == "sigmoid_only":
@@ -111,11 +161,27 @@ def gated_mlp(
     bias_shape: tuple[int, ...] = (D_FF,),
     seed: int = 0,
     gemm_alpha: float | None = None,
+    zero_biases_merged: bool = False,
+    packed: str | None = None,
+    packed_order: str = "gate_first",
+    packed_bounds: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    packed_width: int = 2 * D_FF,
 ) -> onnx.ModelProto:
     """``layers`` gated MLPs in a chain (with a residual Add), in the chosen form.
 
     ``weights``: ``init`` (initializers), ``constant`` (Constant nodes), ``transpose``
-    (``Transpose`` of a [N, K] initializer), ``input`` (graph inputs: not constant).
+    (``Transpose`` of a [N, K] initializer), ``identity`` (``Identity`` of an initializer),
+    ``input`` (graph inputs: not constant), ``dequantize`` (``DequantizeLinear`` of int8
+    initializers), ``matmulnbits`` (``com.microsoft::MatMulNBits`` projections, 4 bits).
+    ``zero_biases_merged``: zero biases, stored once per size and read through ``Identity``
+    nodes everywhere but at their first use (what the TorchScript exporter writes).
+    ``packed``: gate and up from one MatMul of a [D, ``packed_width``] weight, split by
+    :data:`PACKED`'s ``split`` (``num_outputs=2``), ``split_axis2`` (the same at ``axis=2``, as
+    the dynamo exporter writes it), ``split_sizes``, ``slice`` (constant
+    bounds, or ``packed_bounds``: the gate's and the up's [start, end)), ``slice_interleaved``
+    (alternate columns: step-2 slices) or ``slice_shape``
+    (bounds from Shape/Gather/Add/Div/Mul, as the TorchScript exporter writes ``chunk(2)``);
+    ``packed_order``: which half is the gate.
     ``mutate(builder, values)`` may add nodes and return extra graph outputs.
     ``gemm_alpha``: 2-D input and ``Gemm(x, W.T, [B], transB=1, alpha=...)`` projections.
     """
@@ -123,32 +189,65 @@ def gated_mlp(
     x = "x"
     extra_inputs: list[onnx.ValueInfoProto] = []
     extra_outputs: list[onnx.ValueInfoProto] = []
+    merged: dict[int, str] = {}
 
     def w(shape: tuple[int, ...]) -> str:
         if weights == "constant":
             return b.weight(shape, as_constant=True)
         if weights == "transpose":
             return b.op("Transpose", [b.weight(tuple(reversed(shape)))], perm=[1, 0])
+        if weights == "identity":
+            return b.op("Identity", [b.weight(shape)])
         if weights == "input":
             name = b.name("w_in")
             extra_inputs.append(helper.make_tensor_value_info(name, dtype, list(shape)))
             return name
+        if weights == "dequantize":
+            q = numpy_helper.from_array(b.rng.integers(-8, 8, shape).astype(np.int8), b.name("q"))
+            b.inits.append(q)
+            return b.op("DequantizeLinear", [q.name, b.scalar(0.05)])
         return b.weight(shape)
+
+    def bias(size: int) -> str:
+        if not zero_biases_merged:
+            return b.weight((size,))
+        if size not in merged:
+            merged[size] = b.name("zero_bias")
+            b.inits.append(numpy_helper.from_array(np.zeros(size, helper.tensor_dtype_to_np_dtype(dtype)), merged[size]))
+            return merged[size]
+        return b.op("Identity", [merged[size]])
+
+    def project(v: str, shape: tuple[int, ...]) -> str:
+        if weights != "matmulnbits":
+            return b.op("MatMul", [v, w(shape)])
+        k, n = shape
+        blocks, block = -(-k // 16), 16
+        q = numpy_helper.from_array(b.rng.integers(0, 256, (n, blocks, block // 2)).astype(np.uint8), b.name("q4"))
+        scales = numpy_helper.from_array((b.rng.random(n * blocks) * 0.05).astype(np.float32), b.name("scales"))
+        b.inits += [q, scales]
+        return b.op("MatMulNBits", [v, q.name, scales.name], domain="com.microsoft", K=k, N=n, bits=4,
+                    block_size=block)
 
     if gemm_alpha is not None:
         return _gemm_mlp(b, form, biased, gemm_alpha, dtype, opset)
     for _ in range(layers):
-        gate = b.op("MatMul", [x, w(w_gate_shape)])
-        up = b.op("MatMul", [x, w(w_up_shape)])
+        values: dict[str, str] = {}
+        if packed is None:
+            gate, up = project(x, w_gate_shape), project(x, w_up_shape)
+        else:
+            values["packed_weight"] = w((D, packed_width))
+            gate, up = _packed_parts(b, b.op("MatMul", [x, values["packed_weight"]]), packed, packed_bounds)
+            if packed_order == "up_first":
+                gate, up = up, gate
         if biased:
-            gate = b.op("Add", [gate, b.weight(bias_shape)])
-            up = b.op("Add", [up, b.weight((w_up_shape[-1],))])
+            gate = b.op("Add", [gate, bias(bias_shape[0]) if bias_shape == (D_FF,) else b.weight(bias_shape)])
+            up = b.op("Add", [bias(w_up_shape[-1]), up])
         act = activation(b, gate, form)
         prod = b.op("Mul", [act, up] if product_order == "act_first" else [up, act])
-        down = b.op("MatMul", [prod, w(w_down_shape)])
+        down = project(prod, w_down_shape)
         if biased:
-            down = b.op("Add", [down, b.weight((D,))])
-        values = dict(x=x, gate=gate, up=up, act=act, prod=prod, down=down)
+            down = b.op("Add", [down, bias(D)])
+        values.update(x=x, gate=gate, up=up, act=act, prod=prod, down=down)
         if mutate is not None:
             extra_outputs += mutate(b, values)
         x = b.op("Add", [x, down]) if w_down_shape[-1] == D else down
@@ -161,6 +260,39 @@ def gated_mlp(
     opsets = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
     return onnx.shape_inference.infer_shapes(model)
+
+
+def _packed_parts(b: Builder, p: str, packed: str,
+                  bounds: tuple[tuple[int, int], tuple[int, int]] | None) -> tuple[str, str]:
+    """The two parts of the packed projection ``p``, in order."""
+    if packed in ("split", "split_axis2", "split_sizes"):
+        first, second = b.name("part"), b.name("part")
+        inputs, attrs = ([p, b.ints([D_FF, D_FF])], {}) if packed == "split_sizes" else ([p], dict(num_outputs=2))
+        b.nodes.append(helper.make_node("Split", inputs, [first, second], name=b.name("n_Split"),
+                                        axis=2 if packed == "split_axis2" else -1, **attrs))
+        return first, second
+    if packed == "slice":
+        (s0, e0), (s1, e1) = bounds or ((0, D_FF), (D_FF, INT64_MAX))
+        axes = b.ints([-1])
+        return (b.op("Slice", [p, b.ints([s0]), b.ints([e0]), axes]),
+                b.op("Slice", [p, b.ints([s1]), b.ints([e1]), axes]))
+    if packed == "slice_interleaved":  # gate and up columns alternate (step-2 slices)
+        axes, step = b.ints([-1]), b.ints([2])
+        return (b.op("Slice", [p, b.ints([0]), b.ints([INT64_MAX]), axes, step]),
+                b.op("Slice", [p, b.ints([1]), b.ints([INT64_MAX]), axes, step]))
+    if packed == "slice_by_batch":  # bounds from the batch size: right for batch 2 only
+        batch = b.op("Gather", [b.op("Shape", [p]), b.ints([0])], axis=0)
+        middle, last = b.op("Mul", [batch, b.ints([D_FF // 2])]), b.ints([-1])
+        return (b.op("Slice", [p, b.ints([0]), middle, last]),
+                b.op("Slice", [p, middle, b.op("Mul", [batch, b.ints([D_FF])]), last]))
+    if packed == "slice_shape":  # torch's chunk(2), as the TorchScript exporter writes it
+        last = b.ints([-1])
+        half = b.op("Div", [b.op("Add", [b.op("Gather", [b.op("Shape", [p]), last], axis=0), b.ints([1])]),
+                            b.ints([2])])
+        middle = b.op("Mul", [half, b.ints([1])])
+        return (b.op("Slice", [p, b.ints([0]), middle, last]),
+                b.op("Slice", [p, middle, b.op("Mul", [half, b.ints([2])]), last]))
+    raise ValueError(packed)
 
 
 def feeds(model: onnx.ModelProto, seed: int = 1, batch: int = 2, seq: int = 5) -> dict[str, np.ndarray]:

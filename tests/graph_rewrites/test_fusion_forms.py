@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from onnxfuse.graph_rewrites import fuse_model, unfuse_model
 from onnxfuse.numerics import compare
 from tests.graph_rewrites.graphs import D_FF, Builder, D, feeds, gated_mlp
-from tests.helpers import fuse_proto, ort_run
+from tests.helpers import fuse_proto, ort_run, stored_weight_bytes
 
 
 def _assert_same_numbers(original: onnx.ModelProto, fused: onnx.ModelProto, limit: float = 1e-6) -> None:
@@ -44,10 +44,28 @@ FUSING = [
     dict(form="silu", dtype=TensorProto.FLOAT16),
     dict(form="silu", gemm_alpha=1.0),
     dict(form="gelu_tanh", gemm_alpha=1.0, biased=True),
+    # What real exporters write that the forms' patterns miss: activations recognised by what
+    # they compute, constants through Identity nodes, packed gate/up projections.
+    dict(form="gelu_tanh_ts", opset=18),
+    dict(form="gelu_tanh_ts_rev", opset=18, product_order="up_first"),
+    dict(form="gelu_tanh_ts_identity", opset=18, biased=True),
+    dict(form="silu_exp", layers=2),
+    dict(form="silu", weights="identity"),
+    dict(form="silu", biased=True, zero_biases_merged=True, layers=2),
+    dict(form="gelu_tanh_ts", opset=18, biased=True, zero_biases_merged=True, layers=2),
+    dict(form="silu", packed="split", opset=18),
+    dict(form="gelu_tanh_ts", packed="split_axis2", opset=18, biased=True),
+    dict(form="silu", packed="split_sizes"),
+    dict(form="silu", packed="slice"),
+    dict(form="silu", packed="slice_shape", layers=2),
+    dict(form="silu", packed="slice", packed_order="up_first", biased=True),
+    dict(form="silu", packed="slice_interleaved", packed_order="up_first"),
+    dict(form="gelu_tanh_ts", packed="slice_shape", opset=18, dtype=TensorProto.FLOAT16),
 ]
 ACTIVATION = {"silu": "silu", "silu_rev": "silu", "swish": "silu", "swish_default": "silu",
               "quick_gelu": "silu", "gelu": "gelu", "gelu_none": "gelu", "gelu_erf_dec": "gelu",
-              "gelu_tanh": "gelu_tanh", "gelu_tanh_dec": "gelu_tanh"}
+              "gelu_tanh": "gelu_tanh", "gelu_tanh_dec": "gelu_tanh", "gelu_tanh_ts": "gelu_tanh",
+              "gelu_tanh_ts_rev": "gelu_tanh", "gelu_tanh_ts_identity": "gelu_tanh", "silu_exp": "silu"}
 
 
 @pytest.mark.parametrize("kw", FUSING, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
@@ -58,11 +76,15 @@ def test_form_fuses_and_keeps_the_numbers(kw: dict[str, object]) -> None:
     assert len(nodes) == layers and skipped == []
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count("FusedGatedMLP") == layers
-    # Only residual Adds (and the Constants or Transposes of weights) remain beside the fused nodes.
-    assert set(ops) <= {"FusedGatedMLP", "Add", "Transpose", "Constant"}
+    # Only residual Adds (and the Constants, Transposes or Identities of weights) remain
+    # beside the fused nodes.
+    assert set(ops) <= {"FusedGatedMLP", "Add", "Transpose", "Constant", "Identity"}
     for node in nodes:
         assert node.activation == ACTIVATION[str(kw["form"])]
         assert (node.d, node.d_ff, node.biased) == (D, D_FF, bool(kw.get("biased")))
+    # Every weight is stored once: re-stored ones (transposed, or a packed weight's parts)
+    # replace the original, and function bodies read them back rather than embed it.
+    assert stored_weight_bytes(fused) <= stored_weight_bytes(original)
     onnx.checker.check_model(fused, full_check=True)
     onnx.shape_inference.infer_shapes(fused, strict_mode=True)
     limit = 1e-6 if kw.get("dtype", TensorProto.FLOAT) == TensorProto.FLOAT else 1e-3
@@ -133,7 +155,7 @@ NEAR_MISSES = {
     "weights are graph inputs": (dict(weights="input"), "not a constant weight"),
     "down projection changes the width": (dict(w_down_shape=(D_FF, D + 3)), "weight shapes disagree"),
     "gate weight is 3-D": (dict(w_gate_shape=(1, D, D_FF)), "not 2-D"),
-    "Tanh gate": (dict(form="tanh"), "not one of silu, gelu, gelu_tanh"),
+    "Tanh gate": (dict(form="tanh"), "not one of silu, gelu, gelu_tanh in a known form (nearest: "),
     "plain sigmoid gate (GLU)": (dict(form="sigmoid_only"), "not one of silu, gelu, gelu_tanh"),
     "Swish with alpha 2": (dict(form="swish_alpha2", opset=24), "not one of"),
     "QuickGelu with alpha 1.702": (dict(form="quick_gelu_1702"), "not one of"),
@@ -141,6 +163,22 @@ NEAR_MISSES = {
     "broadcast product": (dict(w_up_shape=(D, 1)), "broadcasts"),
     "2-D bias": (dict(biased=True, bias_shape=(1, D_FF)), "has shape"),
     "Gemm with alpha 0.5": (dict(gemm_alpha=0.5), "alpha=beta=1"),
+    "evaluated form: gate has another consumer": (dict(form="gelu_tanh_ts", opset=18,
+                                                       mutate=_extra_consumer("gate")), "another consumer"),
+    # A unary function of g only: a per-channel constant (even of ones) is refused.
+    "activation with a per-channel constant": (dict(form="silu_per_channel"), "a constant that is not a scalar"),
+    "packed, Tanh gate": (dict(packed="slice", form="tanh"), "not one of silu, gelu, gelu_tanh"),
+    "packed split at the wrong offset": (dict(packed="slice", packed_bounds=((0, D_FF), (D_FF - 1, 2 * D_FF - 1))),
+                                         "do not share out its 24 columns exactly once"),
+    "packed weight wider than its parts": (dict(packed="slice", packed_width=2 * D_FF + 4,
+                                                packed_bounds=((0, D_FF), (D_FF, 2 * D_FF))),
+                                           "do not share out its 28 columns exactly once"),
+    "packed split bounds read the batch size": (dict(packed="slice_by_batch"),
+                                                 "takes other columns for another input shape"),
+    "packed up part has another consumer": (dict(packed="split", opset=18, mutate=_extra_consumer("up")),
+                                            "another consumer"),
+    "quantized weights (DequantizeLinear)": (dict(weights="dequantize"), "quantized projection"),
+    "quantized projections (MatMulNBits)": (dict(weights="matmulnbits"), "quantized projection"),
 }
 
 
@@ -173,3 +211,28 @@ def test_gate_and_up_reading_different_inputs_is_a_near_miss() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
     _, nodes, skipped = fuse_proto(onnx.shape_inference.infer_shapes(model))
     assert nodes == [] and len(skipped) == 1 and "different inputs" in skipped[0].reason
+
+
+def test_a_packed_weight_read_elsewhere_stays_and_the_parts_are_stored_beside_it() -> None:
+    def other_reader(b: Builder, v: dict[str, str]) -> list[onnx.ValueInfoProto]:
+        return [helper.make_tensor_value_info(b.op("MatMul", [v["x"], v["packed_weight"]]), TensorProto.FLOAT, None)]
+    original = gated_mlp(packed="slice_shape", mutate=other_reader)
+    packed = next(n.input[1] for n in original.graph.node if n.op_type == "MatMul")
+    fused, nodes, skipped = fuse_proto(original)
+    assert len(nodes) == 1 and skipped == []
+    inits = {t.name: t for t in fused.graph.initializer}
+    assert packed in inits  # the other MatMul still reads it
+    (node,) = [n for n in fused.graph.node if n.op_type == "FusedGatedMLP"]
+    assert [list(inits[name].dims) for name in node.input[1:3]] == [[D, D_FF], [D, D_FF]]
+    onnx.checker.check_model(fused, full_check=True)
+    _assert_same_numbers(original, fused)
+
+
+def test_an_overridable_packed_weight_is_a_near_miss() -> None:
+    original = gated_mlp(packed="split", opset=18)
+    packed = next(n.input[1] for n in original.graph.node if n.op_type == "MatMul")
+    original.graph.input.append(helper.make_tensor_value_info(packed, TensorProto.FLOAT, [D, 2 * D_FF]))
+    fused, nodes, skipped = fuse_proto(original)
+    assert nodes == [] and len(skipped) == 1
+    assert "also a graph input" in skipped[0].reason, skipped[0].reason
+    assert [n.name for n in fused.graph.node] == [n.name for n in original.graph.node]

@@ -11,15 +11,20 @@ from onnxscript.rewriter import RULE_NAME_TAG, pattern
 
 from onnxfuse import ops
 from onnxfuse.graph_rewrites import FusePass, FuseResult, UnfusePass, UnfuseResult, all_rules
-from tests.graph_rewrites.graphs import gated_mlp
+from tests.graph_rewrites.graphs import EVALUATED_FORMS, PACKED, gated_mlp
 
 # graphs.py form -> lowest opset with its ops (Gelu 20, Swish 24).
 FORMS = {"silu": 20, "silu_rev": 20, "swish": 24, "swish_default": 24, "quick_gelu": 20,
          "gelu": 20, "gelu_none": 20, "gelu_tanh": 20, "gelu_erf_dec": 18, "gelu_tanh_dec": 18}
 # Two MatMul layers, or one Gemm layer (graphs.py's Gemm form). Operand orders: test_fusion_forms.
+# The evaluated fusion's forms and packed projections: MatMul layers only.
 CASES = [dict(form=form, opset=opset, biased=biased, **layout)
          for (form, opset), biased, layout in itertools.product(
-             FORMS.items(), (False, True), (dict(layers=2), dict(gemm_alpha=1.0)))]
+             FORMS.items(), (False, True), (dict(layers=2), dict(gemm_alpha=1.0)))] + [
+    dict(form=form, opset=18, biased=biased, layers=2)
+    for form, biased in itertools.product(EVALUATED_FORMS, (False, True))] + [
+    dict(packed=packed, opset=18, biased=biased, layers=2)
+    for packed, biased in itertools.product(PACKED, (False, True))]
 
 
 @pytest.fixture(scope="module")

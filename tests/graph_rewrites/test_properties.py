@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxfuse.graph_rewrites import fuse_model
 from onnxfuse.numerics import compare
-from tests.graph_rewrites.graphs import Builder, activation
+from tests.graph_rewrites.graphs import EVALUATED_FORMS, Builder, activation
 from tests.helpers import ort_run
 
 # Hypothesis does not run a recipe it has already run, so ask for a margin over the 200 the
@@ -47,7 +47,9 @@ SEED = os.environ.get("ONNXFUSE_PROPERTY_SEED")
 FUSING_FORMS = {"silu": (18, "silu"), "silu_rev": (18, "silu"), "quick_gelu": (18, "silu"),
                 "gelu_erf_dec": (18, "gelu"), "gelu_tanh_dec": (18, "gelu_tanh"),
                 "gelu": (20, "gelu"), "gelu_none": (20, "gelu"), "gelu_tanh": (20, "gelu_tanh"),
-                "swish": (24, "silu"), "swish_default": (24, "silu")}
+                "swish": (24, "silu"), "swish_default": (24, "silu"),
+                "gelu_tanh_ts": (18, "gelu_tanh"), "gelu_tanh_ts_rev": (18, "gelu_tanh"),
+                "gelu_tanh_ts_identity": (18, "gelu_tanh"), "silu_exp": (18, "silu")}
 MISS_FORMS = {"tanh": 18, "sigmoid_only": 18, "relu": 18, "quick_gelu_1702": 18, "none": 18,
               "swish_alpha2": 24}
 # Near misses: a non-fusing activation; an interior value with another consumer or that is a
@@ -77,8 +79,10 @@ class Mlp:
     @property
     def fuses(self) -> bool:
         # An overridable weight cannot be baked into the transposed copy a Gemm fusion
-        # stores; the MatMul forms read the graph input itself, so they still fuse.
-        return self.miss is None and not (self.gemm and self.weights == "overridable")
+        # stores; the MatMul forms read the graph input itself, so they still fuse. The
+        # forms only the evaluated fusion recognises fuse with MatMul projections only.
+        return self.miss is None and not (self.gemm and (self.weights == "overridable"
+                                                         or self.form in EVALUATED_FORMS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +267,10 @@ class _HostBuilder:
         act = activation(b, gate, m.form)
         prod = b.op("Mul", [act, up] if m.product_order == "act_first" else [up, act])
         down = proj(prod, 2)
-        core = {n.name for n in b.nodes[start:]}
+        # Constant nodes of an activation's scalars are copied into the function body (the
+        # fused node replaces the others) and then go as unused.
+        core = {n.name for n in b.nodes[start:] if n.op_type != "Constant"}
+        scalars = {n.name for n in b.nodes[start:] if n.op_type == "Constant"}
         interior = dict(gate=gate, up=up, act=act, prod=prod)
         if m.miss == "consumer":
             self.add(b.op("Neg", [interior[m.where]]), (*inner[:-1], m.d_ff))
@@ -273,6 +280,7 @@ class _HostBuilder:
             self.host.cores.append(core)
             self.host.downs.append(down)
             self.host.activations.append(FUSING_FORMS[m.form][1])
+            self.host.vanish |= scalars
             if m.gemm:
                 self.host.vanish |= weight_nodes
         else:
@@ -365,7 +373,8 @@ def check(recipe: Recipe) -> None:
         if isinstance(step, Mlp) and step.fuses:
             stats[f"form {step.form}"] += 1
         elif isinstance(step, Mlp):
-            stats[f"miss {step.miss or 'overridable Gemm weight'}"] += 1
+            unfused = "Gemm with an evaluated form" if step.form in EVALUATED_FORMS else "overridable Gemm weight"
+            stats[f"miss {step.miss or unfused}"] += 1
 
 
 def test_rewriter_properties_on_generated_hosts() -> None:

@@ -62,13 +62,6 @@ def test_isolated_mlps_fuse_once(tmp_path: Path, exports: Exports, model: str, a
     assert compare("output", got, want, limit=1e-6).passed
 
 
-def test_packed_gate_up_is_reported_not_fused(tmp_path: Path, exports: Exports) -> None:
-    src = _export(exports, "tiny-phi3")
-    result = rewrite(RewriteConfig(src, tmp_path / "fused.onnx"))
-    assert result.fused == () and len(result.skipped) == 2
-    assert all("packed gate/up" in s.reason for s in result.skipped)
-
-
 @pytest.fixture(scope="module")
 def tiny_pair(exports: Exports) -> tuple[Path, Path]:
     return exports.fused_pair("tiny")

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from onnxfuse import numerics, ops
-from onnxfuse.graph_rewrites import FusePass, FuseResult, GatedMLPFusion
+from onnxfuse.graph_rewrites import EvaluatedGatedMLPFusion, FusePass, FuseResult, GatedMLPFusion
 from onnxfuse.graph_rewrites.rules.gated_mlp import FAMILY
 from tests.graph_rewrites.graphs import feeds, gated_mlp
 from tests.graph_rewrites.mislabelled import FAULTS, WRONG_ACTIVATION, mislabelled_fused_model
@@ -50,9 +50,28 @@ class _BadAttribute(GatedMLPFusion):
         self.activation = "no_such_activation"
 
 
-def _fuse_with(fusion: GatedMLPFusion, model: onnx.ModelProto) -> tuple[FuseResult, onnx.ModelProto]:
+class _SwappedHalves(EvaluatedGatedMLPFusion):
+    """A packed fusion that gives the gate the up part's columns and the other way round."""
+
+    def rewrite(self, op: Any, *args: Any, packed: Any = None, **kwargs: Any) -> Any:
+        swapped = dataclasses.replace(packed, gate=packed.up, up=packed.gate)
+        return super().rewrite(op, *args, packed=swapped, **kwargs)
+
+
+class _WrongRecognition(EvaluatedGatedMLPFusion):
+    """An activation recognised as the nearest other one (gelu_tanh and gelu differ by at
+    most 4.7e-4)."""
+
+    def rewrite(self, op: Any, *args: Any, activation: str = "", **kwargs: Any) -> Any:
+        nearest_other = {"gelu_tanh": "gelu", "gelu": "gelu_tanh", "silu": "gelu"}
+        return super().rewrite(op, *args, activation=nearest_other[activation], **kwargs)
+
+
+def _fuse_with(fusion: GatedMLPFusion | EvaluatedGatedMLPFusion,
+               model: onnx.ModelProto) -> tuple[FuseResult, onnx.ModelProto]:
+    roots = (fusion.root_op,) if isinstance(fusion, GatedMLPFusion) else ("MatMul", "Add")
     family = dataclasses.replace(FAMILY, fusions=(fusion,),
-                                 candidates=lambda node: [fusion] if node.op_type == fusion.root_op else [])
+                                 candidates=lambda node: [fusion] if node.op_type in roots else [])
     ir_model = ir.from_proto(model)
     result = cast(FuseResult, FusePass([family])(ir_model))
     return result, ir.to_proto(ir_model)
@@ -86,6 +105,23 @@ def test_a_mislabelled_fusion_is_refused_with_its_reason(
     assert "float32" in miss.reason and "probe rows" in miss.reason
     # The same fusion, labelled right, fuses this model (the refusal is the fault's doing).
     good, _ = _fuse_with(GatedMLPFusion(fusion_form, biased=biased, gemm=gemm), model)
+    assert len(good.fused) == 1 and good.skipped == ()
+
+
+@pytest.mark.parametrize(("fault", "kw"), [
+    (_SwappedHalves, dict(packed="slice_shape")),
+    (_SwappedHalves, dict(packed="split", opset=18, form="gelu_tanh_ts")),
+    (_WrongRecognition, dict(form="gelu_tanh_ts", opset=18)),
+    (_WrongRecognition, dict(form="silu_exp", packed="slice")),
+], ids=["packed halves swapped", "packed gelu_tanh halves swapped", "gelu_tanh as gelu", "silu as gelu"])
+def test_a_mislabelled_evaluated_fusion_is_refused(fault: type[EvaluatedGatedMLPFusion], kw: dict[str, Any]) -> None:
+    model = gated_mlp(**kw)
+    packed = "packed" in kw
+    result, after = _fuse_with(fault(packed=packed), model)
+    assert result.fused == () and not any(ops.is_fused(n) for n in after.graph.node)
+    (miss,) = result.skipped
+    assert miss.reason.startswith("semantic check failed: rel err "), miss.reason
+    good, _ = _fuse_with(EvaluatedGatedMLPFusion(packed=packed), model)
     assert len(good.fused) == 1 and good.skipped == ()
 
 

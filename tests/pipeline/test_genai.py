@@ -31,13 +31,17 @@ def _fuse(folder: Path, out: Path) -> FolderRewrite:
     return result
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["separate", "fuse_mlp_gate_up"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("family", list(GENAI_SPECS))
 def test_builder_models_fuse_every_mlp_and_keep_the_numbers(exports: Exports, family: str, precision: str,
-                                                            tmp_path: Path) -> None:
-    folder = exports.genai(family, precision)
+                                                            packed: bool, tmp_path: Path) -> None:
+    # fuse_mlp_gate_up=true: one MatMul of a packed gate/up weight, then Split(axis=-1); the
+    # rewrite splits the weight (rule FusedGatedMLP[evaluated,packed]).
+    folder = exports.genai(family, precision, **({"fuse_mlp_gate_up": "true"} if packed else {}))
     result = _fuse(folder, tmp_path / "fused")
     assert len(result.model.fused) == LAYERS and not result.model.skipped
+    assert all(("packed" in n.rule) == packed for n in result.model.fused)
     # The builder's default-domain SimplifiedLayerNormalization has no ONNX schema: accepted, and said.
     assert any("SimplifiedLayerNormalization" in note for note in result.model.checks_skipped)
     original, fused = folder / "model.onnx", tmp_path / "fused" / "model.onnx"
@@ -71,6 +75,18 @@ def _greedy(folder: Path, prompt: list[int], new_tokens: int) -> list[int]:
     while not generator.is_done():
         generator.generate_next_token()
     return [int(t) for t in generator.get_sequence(0)]
+
+
+def test_int4_builder_models_are_reported_as_quantized_and_left_alone(exports: Exports, tmp_path: Path) -> None:
+    folder = exports.genai("phi3", "int4")
+    result = _fuse(folder, tmp_path / "fused")
+    assert result.model.fused == () and len(result.model.skipped) == LAYERS
+    assert all(s.reason.startswith("quantized projection (com.microsoft::MatMulNBits ")
+               for s in result.model.skipped), result.model.skipped
+    original, fused = folder / "model.onnx", tmp_path / "fused" / "model.onnx"
+    feeds = sessions.decoder_inputs(sessions.model_info(original), 1, 7, past=0)
+    for got, want in zip(ort_run(fused, feeds), ort_run(original, feeds), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("family", list(GENAI_SPECS))

@@ -83,8 +83,11 @@ def test_python_api_mirrors_the_cli(tmp_path) -> None:  # type: ignore[no-untype
     assert cli_parity["passed"] is parity.passed
     assert [o["rel_l2"] for o in cli_parity["outputs"]] == [o.rel_l2 for o in parity.outputs]
     timing = onnxfuse.bench(result.onnx_path, fused.output, repeat=2, warmup=1, torch=False)
-    medians = {c["name"]: c["median_ms"] for c in timing.cases}
-    assert timing.speedup == pytest.approx(medians["unfused"] / medians["fused[default]"])
+    # Paired per round (the geometric mean of the per-round ratios), inside its own interval.
+    interval = timing.intervals["default"]
+    assert timing.speedup == interval.value and interval.low <= timing.speedup <= interval.high
+    assert interval.rounds == 2
+    assert {c["name"]: c["speedup_vs_unfused"] for c in timing.cases}["fused[default]"] == pytest.approx(timing.speedup)
     sess = onnxfuse.session(fused.output)
     assert sess.get_providers()[0] == "CPUExecutionProvider"
     from onnxfuse.kernels.ort import bridge

@@ -80,12 +80,8 @@ def test_torchscript_exports_with_past_float16(exports: Exports) -> None:
     assert all(o.limit == 5e-3 and o.rel_l2 <= 5e-3 for c in r.checks for o in c.outputs)
 
 
-# Phi-3's packed gate/up projection (one MatMul, then a Split) is a near miss of the rewrite
-# with or without a cache ("not fused yet"); strict, so that the day it fuses says so here.
-_PACKED = pytest.mark.xfail(strict=True, reason="the rewrite does not fuse a packed gate/up projection yet")
-
-
-@pytest.mark.parametrize("model", [pytest.param(m, marks=_PACKED) if m == "tiny-phi3" else m for m in PAST_SPECS])
+# Phi-3's packed gate/up projection (one MatMul, then a Split) fuses too (split at rewrite time).
+@pytest.mark.parametrize("model", PAST_SPECS)
 def test_with_past_fuses_one_node_per_layer_and_still_matches(exports: Exports, model: str) -> None:
     src, fused = exports.fused_pair(model, with_past=True)
     nodes = [n for n in onnx.load(str(fused), load_external_data=False).graph.node if ops.is_fused(n)]

@@ -136,7 +136,7 @@ def test_parity_and_bench_flags_set_their_config_fields() -> None:
 
 @pytest.mark.parametrize("command,option,default", [
     ("parity", "--batch", "2"), ("parity", "--seq", "16"), ("parity", "--backend", "default"),
-    ("parity", "--device", "cpu"), ("bench", "--backend", "default"), ("bench", "--repeat", "10"),
+    ("parity", "--device", "cpu"), ("bench", "--backend", "default"), ("bench", "--repeat", "20"),
     ("demo", "--out", "out/demo"),
 ])
 def test_help_states_each_commands_defaults(command: str, option: str, default: str) -> None:

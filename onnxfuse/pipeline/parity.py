@@ -123,21 +123,24 @@ def parity(config: ParityConfig) -> ParityResult:
     vs_torch: list[Comparison] = []
     feeds_for_localising = None
     first_feeds = None
-    for batch, seq in ((config.batch, config.seq), SECOND_SHAPE):
-        log.info("parity on batch=%d seq=%d", batch, seq)
-        feeds, source = sessions.make_inputs(original, batch, seq, config.seed)
+    # A decoder with a KV cache: a prefill, then one decode step after a cache of 37.
+    second = (1, 1, SECOND_SHAPE[1]) if sessions.is_decoder(original) else (*SECOND_SHAPE, 0)
+    for batch, seq, past in ((config.batch, config.seq, 0), second):
+        log.info("parity on batch=%d seq=%d%s", batch, seq, f" after a cache of {past}" if past else "")
+        feeds, source = sessions.make_inputs(original, batch, seq, config.seed, past)
+        shape = f"{batch}x{seq}" + (f"+{past}" if past else "")
         first_feeds = first_feeds or feeds
         want = sessions.run(ref_sess, feeds, config.original)
         got = sessions.run(fused_sess, feeds, config.fused)
         session_runs += 1
         for name, g, w in zip(original.outputs, got, want, strict=True):
-            c = compare(f"{name}@{batch}x{seq}", g, w, limit=_limit(dtype, name, config.rel_l2, config.device))
+            c = compare(f"{name}@{shape}", g, w, limit=_limit(dtype, name, config.rel_l2, config.device))
             outputs.append(c)
             if not c.passed and feeds_for_localising is None:
                 feeds_for_localising = feeds
         if source is not None:
             for name, g, t in zip(original.outputs, got, _torch_outputs(source), strict=True):
-                vs_torch.append(compare(f"{name}@{batch}x{seq} vs torch", g, t,
+                vs_torch.append(compare(f"{name}@{shape} vs torch", g, t,
                                         limit=_limit(dtype, name, config.rel_l2, config.device)))
     nodes: list[Comparison] = []
     first_divergent = None

@@ -232,20 +232,22 @@ def run(sess: Any, feeds: dict[str, np.ndarray], path: str | os.PathLike[str]) -
         raise InvalidModelError(f"ONNX Runtime cannot run {path}: {first[:300]}") from None
 
 
-def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0) -> tuple[dict[str, np.ndarray], Any]:
+def make_inputs(info: ModelInfo, batch: int, seq: int, seed: int = 0, past: int = 0) -> tuple[dict[str, np.ndarray], Any]:
     """Inputs for ``info``'s model and, when the model records its source, the torch module
-    that produced it (else ``None``): the exporter's own seeded inputs, or random ones."""
+    that produced it (else ``None``): the exporter's own seeded inputs, or random ones.
+    ``past``: for a decoder with a KV cache (:func:`is_decoder`), ``seq`` new positions after
+    a cache of ``past`` (its own, computed by the source model where known)."""
     if info.source is not None:
         ex = _build(info.source, info.metadata.get("onnxfuse.part", "full"),
                     info.metadata.get("onnxfuse.dtype", "float32"),
                     int(info.metadata.get("onnxfuse.seed", "0")),
                     int(info.metadata.get("onnxfuse.mlp_layer", "0")),
                     info.metadata.get("onnxfuse.with_past") == "true")
-        tensors = ex.make_inputs(batch, seq)
+        tensors = ex.make_inputs(batch, seq, past) if past else ex.make_inputs(batch, seq)
         return {n: _to_numpy(t) for n, t in zip(ex.input_names, tensors, strict=True)}, (ex, tensors)
     rng = np.random.default_rng(seed)
     if is_decoder(info):
-        return decoder_inputs(info, batch, seq, past=0, seed=seed), None  # a prefill
+        return decoder_inputs(info, batch, seq, past=past, seed=seed), None
     feeds = {}
     for name, elem, dims in info.inputs:
         if elem in (0, onnx.TensorProto.STRING):  # 0: a sequence, map or optional input

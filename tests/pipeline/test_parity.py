@@ -88,3 +88,17 @@ def test_triton_backend_passes_and_localises_a_fault(pair: tuple[Path, Path], tm
     proc = run_cli(["parity", str(original), str(bad), "--backend", "triton", "--json", str(tmp_path / "bad.json")])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "bad.json").read_text())["first_divergent_node"] == "FusedGatedMLP_0"
+
+
+def test_a_decoder_with_a_cache_is_checked_at_a_prefill_and_a_decode_step(exports: Exports) -> None:
+    """A with-past export: the second shape is one token after a cache of 37 positions (the
+    source model's own cache), vs the original and vs torch, through the plugin's kernel."""
+    from onnxfuse.pipeline.configs import ParityConfig
+    from onnxfuse.pipeline.parity import parity
+
+    src, fused = exports.fused_pair("tiny", with_past=True)
+    result = parity(ParityConfig(src, fused))
+    names = [c.name for c in result.outputs]
+    assert "logits@2x16" in names and "logits@1x1+37" in names and "present.1.value@1x1+37" in names
+    assert result.passed and {c.name for c in result.torch} >= {"logits@1x1+37 vs torch"}
+    assert result.kernel_runs is not None and result.kernel_runs.nodes == 2

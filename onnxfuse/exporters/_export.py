@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -20,6 +20,7 @@ import torch
 
 from onnxfuse import models
 from onnxfuse.errors import ExportError, ParityError, UnsupportedError, UserError, first_line
+from onnxfuse.exporters._config import EXPORTERS, ExportConfig, Exporter
 from onnxfuse.fileio import check_output, staged_outputs
 from onnxfuse.numerics import DTYPES, Comparison, DType, compare, tolerance
 
@@ -39,8 +40,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Exporter = Literal["dynamo", "torchscript"]
-EXPORTERS: tuple[Exporter, ...] = ("dynamo", "torchscript")
 # The second verification shape: batch 1 and an odd sequence length, to prove that the
 # batch and sequence axes are really dynamic (a shape specialised at trace time fails here).
 SECOND_SHAPE = (1, 37)
@@ -54,45 +53,6 @@ _OPSETS: dict[Exporter, tuple[int, int]] = {"dynamo": (18, onnx.defs.onnx_opset_
 # Initializers at least this large go to the external data file; the .onnx keeps the graph
 # only, so Netron opens it at once and models over protobuf's 2 GB limit work.
 _EXTERNAL_THRESHOLD = 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """What to export and where.
-
-    Attributes:
-        model: spec name, ``smollm2``, checkpoint folder or ``.gguf`` file.
-        output: the ``.onnx`` path; weights go beside it in ``<output>.data``.
-        part: ``full`` model or one decoder layer's ``mlp``.
-        exporter: ``dynamo`` (torch.export based) or ``torchscript``.
-        dtype: element type of weights and activations.
-        opset: ONNX opset; ``None`` takes the exporter's default.
-        batch, seq: shape of the example (verification) inputs; spec defaults if ``None``.
-        seed: seeds random weights and inputs.
-        verify: run ONNX Runtime against torch eager (``onnx.checker`` always runs).
-        rel_l2: the verification ceiling; ``None`` takes the tolerance table's for ``dtype``.
-        force: replace an existing output.
-        mlp_layer: the decoder layer whose MLP ``part="mlp"`` exports.
-        with_past: export the decoder with a KV cache (``part="full"`` only): inputs
-            ``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.{i}.key/.value``;
-            outputs ``logits``, ``present.{i}.key/.value`` (the names onnxruntime-genai and
-            optimum use), verified at a prefill and a decode step.
-    """
-
-    model: str
-    output: Path
-    part: models.Part = "full"
-    exporter: Exporter = "dynamo"
-    dtype: DType = "float32"
-    opset: int | None = None
-    batch: int | None = None
-    seq: int | None = None
-    seed: int = 0
-    verify: bool = True
-    rel_l2: float | None = None
-    force: bool = False
-    mlp_layer: int = 0
-    with_past: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

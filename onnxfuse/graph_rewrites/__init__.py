@@ -3,27 +3,17 @@
 One rule file per fused-op family under :mod:`.rules`; :class:`FusePass` and
 :class:`UnfusePass` are ``onnx_ir`` passes over an in-memory model; :func:`rewrite` loads a
 file, runs one of them, saves the result and writes the report.
+
+:class:`RewriteConfig` imports nothing heavy; the rest (onnx, onnx_ir, onnxscript) is
+imported on first use, so the CLI's option table (``onnxfuse rewrite --help``) stays fast.
 """
 
 from __future__ import annotations
 
-from onnxfuse.graph_rewrites._family import Family, FusedNode, Fusion, NearMiss
-from onnxfuse.graph_rewrites._pass import (
-    FusePass,
-    FuseResult,
-    UnfusePass,
-    UnfuseResult,
-    fuse_model,
-    scan,
-    unfuse_model,
-)
-from onnxfuse.graph_rewrites._rewrite import RewriteConfig, RewriteResult, rewrite
-from onnxfuse.graph_rewrites.rules import DEFAULT_FAMILIES, all_rules
-from onnxfuse.graph_rewrites.rules.gated_mlp import (
-    ACTIVATION_FORMS,
-    EvaluatedGatedMLPFusion,
-    GatedMLPFusion,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from onnxfuse.graph_rewrites._config import RewriteConfig
 
 __all__ = [
     "ACTIVATION_FORMS",
@@ -47,3 +37,40 @@ __all__ = [
     "unfuse_model",
 ]
 
+
+_LAZY = {
+    **dict.fromkeys(("Family", "FusedNode", "Fusion", "NearMiss"), "onnxfuse.graph_rewrites._family"),
+    **dict.fromkeys(("FusePass", "FuseResult", "UnfusePass", "UnfuseResult", "fuse_model", "scan", "unfuse_model"),
+                    "onnxfuse.graph_rewrites._pass"),
+    **dict.fromkeys(("RewriteResult", "rewrite"), "onnxfuse.graph_rewrites._rewrite"),
+    **dict.fromkeys(("DEFAULT_FAMILIES", "all_rules"), "onnxfuse.graph_rewrites.rules"),
+    **dict.fromkeys(("ACTIVATION_FORMS", "EvaluatedGatedMLPFusion", "GatedMLPFusion"),
+                    "onnxfuse.graph_rewrites.rules.gated_mlp"),
+}
+
+if TYPE_CHECKING:
+    from onnxfuse.graph_rewrites._family import Family, FusedNode, Fusion, NearMiss
+    from onnxfuse.graph_rewrites._pass import (
+        FusePass,
+        FuseResult,
+        UnfusePass,
+        UnfuseResult,
+        fuse_model,
+        scan,
+        unfuse_model,
+    )
+    from onnxfuse.graph_rewrites._rewrite import RewriteResult, rewrite
+    from onnxfuse.graph_rewrites.rules import DEFAULT_FAMILIES, all_rules
+    from onnxfuse.graph_rewrites.rules.gated_mlp import (
+        ACTIVATION_FORMS,
+        EvaluatedGatedMLPFusion,
+        GatedMLPFusion,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

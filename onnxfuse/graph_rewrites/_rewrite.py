@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from onnxfuse.errors import InvalidModelError, RewriteError, first_line
 from onnxfuse.fileio import check_output, staged_outputs, write_report
+from onnxfuse.graph_rewrites._config import RewriteConfig
 from onnxfuse.graph_rewrites._family import FusedNode, NearMiss
 from onnxfuse.graph_rewrites._pass import FusePass, FuseResult, UnfusePass, UnfuseResult
 from onnxfuse.modelfile import read_model_notes
@@ -22,17 +23,6 @@ from onnxfuse.modelfile import read_model_notes
 __all__ = ["RewriteConfig", "RewriteResult", "rewrite"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class RewriteConfig:
-    """Rewrite ``input`` into ``output``; ``unfuse`` inlines fused nodes back instead."""
-
-    input: Path
-    output: Path
-    report: Path | None = None
-    unfuse: bool = False
-    force: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,22 +1,15 @@
-"""Models: specs by exact name, real checkpoints, and exportable parts with seeded inputs."""
+"""Models: specs by exact name, real checkpoints, and exportable parts with seeded inputs.
+
+The specs (and ``Part``) import nothing heavy; the rest (torch, transformers) is imported on
+first use, so the CLI's option tables (``onnxfuse export --help``) stay fast.
+"""
 
 from __future__ import annotations
 
-from onnxfuse.models._build import (
-    PARTS,
-    TORCH_DTYPES,
-    Exportable,
-    InputMaker,
-    ModelSource,
-    Part,
-    build,
-    check_part,
-    make_token_inputs,
-    past_names,
-    resolve,
-)
-from onnxfuse.models._checkpoints import PACKAGED, find_packaged_gguf, load_pretrained
-from onnxfuse.models._specs import SPECS, ModelSpec, get_spec, spec_names
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from onnxfuse.models._specs import PARTS, SPECS, ModelSpec, Part, get_spec, spec_names
 
 __all__ = [
     "PACKAGED",
@@ -38,3 +31,31 @@ __all__ = [
     "resolve",
     "spec_names",
 ]
+
+_LAZY = {
+    **dict.fromkeys(("TORCH_DTYPES", "Exportable", "InputMaker", "ModelSource", "build", "check_part",
+                     "make_token_inputs", "past_names", "resolve"), "onnxfuse.models._build"),
+    **dict.fromkeys(("PACKAGED", "find_packaged_gguf", "load_pretrained"), "onnxfuse.models._checkpoints"),
+}
+
+if TYPE_CHECKING:
+    from onnxfuse.models._build import (
+        TORCH_DTYPES,
+        Exportable,
+        InputMaker,
+        ModelSource,
+        build,
+        check_part,
+        make_token_inputs,
+        past_names,
+        resolve,
+    )
+    from onnxfuse.models._checkpoints import PACKAGED, find_packaged_gguf, load_pretrained
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

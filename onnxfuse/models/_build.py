@@ -18,14 +18,12 @@ from onnxfuse.models._checkpoints import (
     find_packaged_gguf,
     load_pretrained,
 )
-from onnxfuse.models._specs import SPECS, ModelSpec, get_spec
+from onnxfuse.models._specs import PARTS, SPECS, ModelSpec, Part, get_spec
 from onnxfuse.numerics import DTYPES, DType
 
 __all__ = ["Exportable", "InputMaker", "ModelSource", "Part", "build", "check_part", "load_causal_lm",
            "make_token_inputs", "past_names", "resolve"]
 
-Part = Literal["full", "mlp"]
-PARTS: tuple[Part, ...] = ("full", "mlp")
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
 }

@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from onnxfuse.errors import ModelNotFoundError
 
-__all__ = ["SPECS", "ModelSpec", "get_spec", "spec_names"]
+__all__ = ["PARTS", "SPECS", "ModelSpec", "Part", "get_spec", "spec_names"]
+
+# What `export --part` exports: the whole model, or one decoder layer's MLP.
+Part = Literal["full", "mlp"]
+PARTS: tuple[Part, ...] = ("full", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)

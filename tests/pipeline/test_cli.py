@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,16 @@ def test_a_bad_config_value_is_a_user_error(config: str, fields: dict[str, objec
 
 def test_a_value_only_the_config_checks_exits_2() -> None:
     _assert_user_error(run_cli(["bench", "a.onnx", "b.onnx", "--threads", "-1"]), "threads must be >= 0")
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """Every command's --help is built from its config's fields, and the configs live in light
+    modules: no torch, onnx_ir, onnxscript or onnxruntime behind `onnxfuse CMD --help`
+    (export's took 2-5 s when its config lived beside the exporter)."""
+    script = ("import sys\nfrom onnxfuse.pipeline import cli\n"
+              "for command in cli._COMMANDS:\n    cli._parser(command)\n"
+              "heavy = sorted(m for m in ('torch', 'onnx_ir', 'onnxscript', 'onnxruntime', 'transformers') "
+              "if m in sys.modules)\nprint(','.join(heavy))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"--help imports {proc.stdout.strip()}"

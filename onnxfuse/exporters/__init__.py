@@ -6,9 +6,9 @@ first use, so the CLI's option table (``onnxfuse export --help``) stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from onnxfuse._lazy import lazy_attributes
 from onnxfuse.exporters._config import EXPORTERS, ExportConfig, Exporter
 
 __all__ = [
@@ -38,9 +38,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module("onnxfuse.exporters._export"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(_LAZY, "onnxfuse.exporters._export"))

@@ -10,9 +10,9 @@ imported on first use, so the CLI's option table (``onnxfuse rewrite --help``) s
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from onnxfuse._lazy import lazy_attributes
 from onnxfuse.graph_rewrites._config import RewriteConfig
 
 __all__ = [
@@ -68,9 +68,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -6,9 +6,9 @@ first use, so the CLI's option tables (``onnxfuse export --help``) stay fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from onnxfuse._lazy import lazy_attributes
 from onnxfuse.models._specs import PARTS, SPECS, ModelSpec, Part, get_spec, spec_names
 
 __all__ = [
@@ -53,9 +53,4 @@ if TYPE_CHECKING:
     from onnxfuse.models._checkpoints import PACKAGED, find_packaged_gguf, load_pretrained
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -26,7 +26,8 @@ import onnx
 from onnxfuse._version import __version__
 from onnxfuse.errors import OutputError
 
-__all__ = ["check_output", "model_files", "staged_file", "staged_outputs", "write_report", "write_text"]
+__all__ = ["check_output", "model_files", "remove_stale_stages", "staged_file", "staged_outputs", "write_report",
+           "write_text"]
 
 # Every .onnx output has its weights beside it in OUT.onnx.data.
 _DATA_SUFFIX = ".data"
@@ -132,7 +133,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_stages(final: Path) -> None:
+def remove_stale_stages(final: Path) -> None:
     """Remove the staging folders of runs killed before they could clean up (SIGKILL):
     those for ``final`` whose process no longer exists."""
     prefix = f".{final.name}."
@@ -152,7 +153,7 @@ def staged_outputs(final: Path) -> Iterator[Path]:
     An existing ``final`` is removed first and the file named ``final.name`` is renamed in
     last, so no reader, and no run killed between two renames, pairs a new weights file
     with an old model (or the reverse): ``final`` is absent, old or complete."""
-    _remove_stale_stages(final)
+    remove_stale_stages(final)
     try:
         stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".partial",
                                       dir=final.parent))

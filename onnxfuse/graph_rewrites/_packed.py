@@ -73,7 +73,7 @@ def _bound_nodes(packed: ir.Value, splitters: Sequence[ir.Node]) -> list[ir.Node
 
 def _constant(value: ir.Value) -> np.ndarray:
     tensor = value.const_value
-    if tensor is None:
+    if tensor is None or value.is_graph_input():  # a graph input's initializer is only a default
         raise ValueError(f"{value.name} is not a constant")
     return tensor.numpy()
 
@@ -92,6 +92,22 @@ def _probe_columns(nodes: Sequence[ir.Node], packed: ir.Value, parts: Sequence[i
             return f"{part.name} differs between rows"
         found.append(cols.astype(np.int64))
     return found
+
+
+def _off_last_axis(node: ir.Node, rank: int | None) -> str | None:
+    """Why ``node`` (a Split or Slice) may act on another axis than the last, or ``None``:
+    probes of a few small leading shapes cannot see a bound on a leading axis that only a
+    larger batch reaches (a Slice with axes [0, -1] and end 8 on axis 0)."""
+    last = {-1} | ({rank - 1} if rank is not None else set())
+    if node.op_type == "Split":
+        axis = node.attributes.get("axis")
+        value = 0 if axis is None else axis.as_int()
+        return None if value in last else f"splits axis {value}"
+    axes = node.inputs[3] if len(node.inputs) > 3 else None
+    if axes is None or axes.const_value is None or axes.is_graph_input():
+        return "has no constant axes (by default it slices the leading axes)"
+    values = [int(a) for a in np.ravel(axes.const_value.numpy())]
+    return None if values and all(a in last for a in values) else f"slices axes {values}"
 
 
 def columns(packed: ir.Value, parts: Sequence[ir.Value], width: int, rank: int | None) -> Columns | _safety.Reason:
@@ -117,6 +133,11 @@ def columns(packed: ir.Value, parts: Sequence[ir.Value], width: int, rank: int |
             return Reason(f"{part.name} is not a Split or Slice of {packed.name}", (part,))
         if node not in splitters:
             splitters.append(node)
+    for node in splitters:
+        off = _off_last_axis(node, rank)
+        if off is not None:
+            return Reason(f"{_scan.node_name(node)} {off}: a packed projection splits its last axis only",
+                          (node,))
     bounds = _bound_nodes(packed, splitters)
     if isinstance(bounds, Reason):
         return bounds

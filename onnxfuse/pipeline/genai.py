@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from onnxfuse.errors import InvalidModelError, OutputError, UserError
-from onnxfuse.fileio import check_output, model_files, write_report
+from onnxfuse.fileio import check_output, model_files, remove_stale_stages, write_report
 from onnxfuse.graph_rewrites import RewriteConfig, RewriteResult, rewrite
 from onnxfuse.kernels import ort as plugin
 
@@ -131,10 +131,15 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+def _walk_error(error: OSError) -> None:
+    raise InvalidModelError(f"cannot read {error.filename}: {error.strerror}: make the model folder readable")
+
+
 def _files(root: Path) -> list[Path]:
-    """Every file under ``root`` (relative), refusing symlinks and special files."""
+    """Every file under ``root`` (relative), refusing symlinks and special files, and any
+    folder it cannot read (a copy without it would be silently incomplete)."""
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
         for name in (*dirnames, *filenames):
             p = Path(dirpath) / name
             st = p.lstat()
@@ -147,14 +152,37 @@ def _files(root: Path) -> list[Path]:
     return found
 
 
+def _copy_regular(src: Path, dst: Path) -> None:
+    """Copy the regular file ``src`` (never through a symlink swapped in since it was listed)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise InvalidModelError(f"cannot read {src}: {e.strerror} (a symlink?): copy the real file in") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise InvalidModelError(f"{src} is not a regular file: remove it")
+        with open(dst, "wb") as g:
+            shutil.copyfileobj(f, g, 1 << 20)
+    shutil.copystat(src, dst, follow_symlinks=False)
+
+
 @contextlib.contextmanager
 def _staged_folder(final: Path, force: bool) -> Iterator[Path]:
-    """A private folder beside ``final``, renamed to ``final`` when the block ends without error
-    (an existing ``final`` is replaced only with ``force``, and only then)."""
-    if final.exists() and not force:
-        raise OutputError(f"output {final} exists: pass --force to replace it")
+    """A private folder beside ``final``, renamed to ``final`` when the block ends without error.
+    An existing ``final`` is replaced only with ``force``, and only if it is a genai folder (it
+    holds a genai_config.json): ``--force`` never deletes an unrelated folder. Stages of killed
+    runs are removed first; if the last rename fails, the old folder is put back."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise OutputError(f"output {final} exists and is not a folder: choose another output")
+    if final.exists():
+        if not force:
+            raise OutputError(f"output {final} exists: pass --force to replace it")
+        if not (final / CONFIG_NAME).is_file():
+            raise OutputError(f"output {final} exists and is not an onnxruntime-genai folder (no {CONFIG_NAME}): "
+                              "--force replaces only such a folder; choose another output")
     if not final.parent.is_dir():
         raise OutputError(f"output folder {final.parent} does not exist: create it first")
+    remove_stale_stages(final)
     try:
         stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".partial", dir=final.parent))
     except OSError as e:
@@ -162,14 +190,19 @@ def _staged_folder(final: Path, force: bool) -> Iterator[Path]:
     try:
         yield stage
         old = None
-        if final.exists():
-            if final.is_symlink() or not final.is_dir():
-                raise OutputError(f"output {final} exists and is not a folder: choose another output")
-            old = final.with_name(f".{final.name}.{os.getpid()}.old")
-            os.replace(final, old)
-        os.replace(stage, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            if final.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".partial",
+                                            dir=final.parent))
+                os.replace(final, old / final.name)
+            os.replace(stage, final)
+        except OSError as e:
+            if old is not None and not final.exists():
+                os.replace(old / final.name, final)  # put the old output back
+            raise OutputError(f"cannot replace {final}: {e.strerror}; the old folder is unchanged") from None
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -183,7 +216,8 @@ def rewrite_folder(config: RewriteConfig) -> FolderRewrite:
     """
     src = Path(config.input).expanduser().absolute()
     out = Path(config.output).expanduser().absolute()
-    if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+    real_src, real_out = src.resolve(), out.resolve()  # through symlinked folders too
+    if real_out == real_src or real_out.is_relative_to(real_src) or real_src.is_relative_to(real_out):
         raise OutputError(f"output {out} overlaps the input folder {src}: write to another folder")
     genai = read_config(src)
     files = _files(src)
@@ -201,14 +235,21 @@ def rewrite_folder(config: RewriteConfig) -> FolderRewrite:
     report = check_output(config.report, force=config.force, inputs=[model_in]) if config.report else None
     model_inputs = {p.relative_to(src) for p in model_files(model_in) if p.is_relative_to(src)}
     skip = {Path(CONFIG_NAME), Path(ours), *model_inputs}
+    # What the rewrite writes: the decoder and its weights beside it (NAME.data).
+    written = {Path(model_name), Path(model_name + ".data")}
+    clash = sorted(str(p) for p in (written & set(files)) - model_inputs - {Path(model_name)})
+    if clash:
+        raise _fail(src, f"{clash[0]} is not the decoder's weights file, but the rewritten decoder's weights "
+                         "go there", "rename or remove it")
     with _staged_folder(out, config.force) as stage:
+        (stage / model_name).parent.mkdir(parents=True, exist_ok=True)
         result = rewrite(replace(config, input=model_in, output=stage / model_name, report=None, force=False))
         copied = []
         for rel in sorted(files):
-            if rel in skip:
+            if rel in skip or rel in written:
                 continue
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, stage / rel)
+            _copy_regular(src / rel, stage / rel)
             copied.append(str(rel))
         if config.unfuse:
             options.pop("custom_ops_library", None)

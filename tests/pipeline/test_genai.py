@@ -170,6 +170,13 @@ def _hostile(folder: Path, tmp: Path, how: str) -> tuple[Path, list[str]]:
         extra = ["-o", str(bad / "out")]
     elif how == "output-exists":
         (tmp / "out").mkdir()
+    elif how == "force-over-another-folder":  # --force replaces only a genai folder
+        (tmp / "out").mkdir()
+        (tmp / "out" / "notes.txt").write_text("mine")
+        extra = ["-o", str(tmp / "out"), "--force"]
+    elif how == "output-alias":  # the input's own folder through a symlinked parent
+        os.symlink(tmp, tmp / "alias")
+        extra = ["-o", str(tmp / "alias" / "bad"), "--force"]
     config_path.write_text(json.dumps(config))
     return bad, extra
 
@@ -181,6 +188,7 @@ HOSTILE = {
     "malformed": "not valid JSON", "deep": "not valid JSON|nests deeper", "not-an-object": "not a JSON object",
     "no-decoder": "no model.decoder.filename", "missing-model": "is missing",
     "output-inside": "overlaps the input folder", "output-exists": "exists: pass --force",
+    "force-over-another-folder": "is not an onnxruntime-genai folder", "output-alias": "overlaps the input folder",
 }
 
 
@@ -194,6 +202,18 @@ def test_a_hostile_folder_is_refused_with_one_line(exports: Exports, tmp_path: P
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert __import__("re").search(HOSTILE[how], err), err
     assert sorted((p.name, p.stat().st_size) for p in bad.rglob("*") if not p.is_symlink()) == before
-    if how != "output-exists":
+    if how == "force-over-another-folder":
+        assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    elif how != "output-exists":
         assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_force_replaces_a_written_folder_whole(exports: Exports, tmp_path: Path) -> None:
+    folder = exports.genai("llama", "fp32")
+    _fuse(folder, tmp_path / "fused")
+    (tmp_path / "fused" / "stale.txt").write_text("from an older run")
+    again = rewrite_any(RewriteConfig(folder, tmp_path / "fused", force=True))
+    assert isinstance(again, FolderRewrite) and len(again.model.fused) == LAYERS
+    assert not (tmp_path / "fused" / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused"]  # no stage or old copy left

@@ -277,7 +277,7 @@ def recognise_activation(nodes: Sequence[ir.Node], g: ir.Value, out: ir.Value) -
 
 def _scalar(value: ir.Value) -> np.ndarray:
     tensor = value.const_value
-    if tensor is None or tensor.size != 1:
+    if tensor is None or tensor.size != 1 or value.is_graph_input():  # an input's initializer: a default only
         raise ValueError(f"{value.name} is not a scalar constant")
     return tensor.numpy()
 
@@ -375,6 +375,8 @@ def _activation_nodes(factor: ir.Value) -> tuple[list[ir.Node], _Part] | str:
             gate = part
             continue
         if value.const_value is not None:
+            if value.is_graph_input():
+                return f"the activation reads {value.name}, an initializer a caller can override (a graph input)"
             if value.const_value.size != 1:
                 return f"the activation reads {value.name}, a constant that is not a scalar"
             continue

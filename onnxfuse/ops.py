@@ -268,7 +268,7 @@ FUSED_GATED_MLP_NBITS = OpSpec(
                 Attribute("accuracy_level", (0, 1, 2, 3, 4), 0)),
     formula="{activation}(X @ W(Q_gate, S_gate[, Z_gate])[ + B_gate]) * (X @ W(Q_up, S_up[, Z_up])[ + B_up]) "
             "@ W(Q_down, S_down[, Z_down])[ + B_down]; int{bits}, block {block_size}",
-    rules=None,
+    rules="onnxfuse.graph_rewrites.rules.gated_mlp_nbits",
     reference=_gated_mlp_nbits_reference,
 )
 """The gated MLP over ``com.microsoft::MatMulNBits`` projections: each projection's packed

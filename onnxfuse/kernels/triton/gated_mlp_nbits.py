@@ -184,9 +184,9 @@ def fused_gated_mlp_nbits(
     m = a.shape[0]
     h = torch.empty((m, d_ff), dtype=x.dtype, device=x.device)
     y2 = y.view(m, d) if y.is_contiguous() else torch.empty((m, d), dtype=x.dtype, device=x.device)
-    common = dict(activation=activation, bits=bits, block_size=block_size)
-    _launch(a, (q_gate, s_gate, z_gate, b_gate), (q_up, s_up, z_up, b_up), h, **common)  # type: ignore[arg-type]
-    _launch(h, (q_down, s_down, z_down, b_down), None, y2, **common)  # type: ignore[arg-type]
+    _launch(a, (q_gate, s_gate, z_gate, b_gate), (q_up, s_up, z_up, b_up), h, activation=activation, bits=bits,
+            block_size=block_size)
+    _launch(h, (q_down, s_down, z_down, b_down), None, y2, activation=activation, bits=bits, block_size=block_size)
     if y2.data_ptr() != y.data_ptr():
         y.copy_(y2.view(y.shape))
     return y

@@ -23,6 +23,7 @@ __all__ = [
     "erf64",
     "format_mismatches",
     "matmul64",
+    "matmul_nbits64",
     "to_float64",
     "tolerance",
 ]
@@ -95,6 +96,57 @@ def matmul64(x: np.ndarray, w: np.ndarray) -> np.ndarray:
             out += np.einsum("...k,kn->...n", x[..., k:k + rows], to_float64(w[k:k + rows]))
     if w.nbytes >= _DROP_BYTES:
         _drop_mapped_pages(w)
+    return out
+
+
+def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The first ``count`` ``bits``-bit values of each row of the uint8 array ``packed``
+    ([rows, bytes]), low bits first in each byte (MatMulNBits' order), as int64."""
+    per_byte = 8 // bits
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
+    values = (packed[..., None] >> shifts) & np.uint8((1 << bits) - 1)
+    return values.reshape(packed.shape[0], -1)[:, :count].astype(np.int64)
+
+
+def matmul_nbits64(x: np.ndarray, q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, *,
+                   k: int, n: int, bits: int, block_size: int) -> np.ndarray:
+    """``x @ W`` in float64, ``W`` [k, n] dequantized as ORT's ``com.microsoft::MatMulNBits``
+    defines it: ``q`` holds, for each of the n columns, ceil(k / block_size) blocks of
+    ``block_size`` values along k (the last block zero-padded), ``bits`` each, packed low bits
+    first into uint8; ``scales`` one per column and block; ``zero_points`` (uint8) the same
+    count of ``bits``-bit values, packed the same way, ceil(blocks * bits / 8) bytes per column
+    (``None``: 2^(bits - 1) everywhere); ``W[kk, j] = (value - zero_point) * scale`` of the
+    block of ``kk``. Dequantizes a few columns at a time (:data:`_BLOCK` elements).
+
+    Raises:
+        ValueError: a shape that does not hold such a weight.
+    """
+    if bits not in (2, 4, 8) or block_size < 1 or block_size * bits % 8:
+        raise ValueError(f"bits={bits}, block_size={block_size}: MatMulNBits packs 2, 4 or 8 bits in whole bytes")
+    blocks = -(-k // block_size)
+    zp_bytes = -(-blocks * bits // 8)
+    q = np.asarray(q)
+    if q.dtype != np.uint8 or q.shape != (n, blocks, block_size * bits // 8):
+        raise ValueError(f"packed weight {q.dtype} {tuple(q.shape)}, need uint8 {(n, blocks, block_size * bits // 8)} "
+                         f"for K={k}, N={n}, bits={bits}, block_size={block_size}")
+    s = to_float64(scales)
+    if s.size != n * blocks:
+        raise ValueError(f"scales of {s.size} values, need {n * blocks} (N x blocks)")
+    s = s.reshape(n, blocks)
+    z = None if zero_points is None else np.asarray(zero_points)
+    if z is not None and (z.dtype != np.uint8 or z.size != n * zp_bytes):
+        raise ValueError(f"zero points {z.dtype} of {z.size} values, need uint8 of {n * zp_bytes} (N x {zp_bytes} bytes)")
+    x = to_float64(x)
+    if x.shape[-1] != k:
+        raise ValueError(f"cannot multiply shapes {tuple(x.shape)} and ({k}, {n})")
+    out = np.empty((*x.shape[:-1], n))
+    cols = max(1, _BLOCK // max(1, blocks * block_size))
+    for j in range(0, n, cols):
+        values = _unpack(q[j:j + cols].reshape(-1, q.shape[2]), bits, block_size).reshape(-1, blocks, block_size)
+        zero = (_unpack(z.reshape(n, zp_bytes)[j:j + cols], bits, blocks) if z is not None
+                else np.full((values.shape[0], blocks), 1 << (bits - 1), dtype=np.int64))
+        w = ((values - zero[..., None]) * s[j:j + cols, :, None]).reshape(values.shape[0], -1)[:, :k]
+        out[..., j:j + cols] = np.einsum("...k,nk->...n", x, w)
     return out
 
 

@@ -17,12 +17,13 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = [
     "DOMAIN",
     "ELEMENT_TYPES",
     "FUSED_GATED_MLP",
+    "FUSED_GATED_MLP_NBITS",
     "OPSET_VERSION",
     "PRECISIONS",
     "REGISTRY",
@@ -49,29 +50,45 @@ precision's code is its index."""
 
 @dataclasses.dataclass(frozen=True)
 class Input:
-    """One input slot of a fused op."""
+    """One input slot of a fused op.
+
+    Attributes:
+        element_type: ``None``: the op's float type T (one of :attr:`OpSpec.element_types`,
+            the same for every such input); else the one ONNX element type the slot takes
+            (``"uint8"``: packed quantized weights and zero points).
+    """
 
     name: str
     shape: str
     optional: bool = False
+    element_type: str | None = None
+
+
+V = TypeVar("V", str, int)
 
 
 @dataclasses.dataclass(frozen=True)
-class Attribute:
-    """A string attribute with a closed set of values; a value's code is its index."""
+class Attribute(Generic[V]):
+    """An attribute with a closed set of values (strings, or integers such as a quantized
+    weight's ``bits``); a value's code is its index. The ONNX attribute is a string or an int
+    as its values are."""
 
     name: str
-    values: tuple[str, ...]
-    default: str
+    values: tuple[V, ...]
+    default: V
 
-    def code(self, value: str) -> int:
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.default, int)
+
+    def code(self, value: V) -> int:
         """The code of ``value``.
 
         Raises:
             ValueError: ``value`` is not one of :attr:`values` (the message lists them).
         """
         if value not in self.values:
-            raise ValueError(f"unknown {self.name} {value!r}: choose one of {', '.join(self.values)}")
+            raise ValueError(f"unknown {self.name} {value!r}: choose one of {', '.join(map(str, self.values))}")
         return self.values.index(value)
 
 
@@ -108,7 +125,7 @@ class OpSpec:
     op_type: str
     inputs: tuple[Input, ...]
     outputs: tuple[str, ...]
-    attributes: tuple[Attribute, ...]
+    attributes: tuple[Attribute[Any], ...]
     formula: str
     rules: str | None = None
     kernel: str | None = None
@@ -130,7 +147,7 @@ class OpSpec:
         """How many leading inputs every node gives."""
         return sum(1 for i in self.inputs if not i.optional)
 
-    def attribute(self, name: str) -> Attribute:
+    def attribute(self, name: str) -> Attribute[Any]:
         for attribute in self.attributes:
             if attribute.name == name:
                 return attribute
@@ -140,7 +157,7 @@ class OpSpec:
         """Whether ``node`` (anything with ``domain`` and ``op_type``) is a node of this op."""
         return node.domain == self.domain and node.op_type == self.op_type
 
-    def describe(self, attributes: Mapping[str, str], present: Iterable[str]) -> str:
+    def describe(self, attributes: Mapping[str, object], present: Iterable[str]) -> str:
         """The formula of one node: its attribute values filled in, absent optional inputs'
         terms dropped (``present``: the names of the inputs the node gives)."""
         given = set(present)
@@ -153,28 +170,58 @@ class OpSpec:
         return text.format(**values)
 
 
+def _activate(g: Any, activation: str) -> Any:
+    """``activation`` of ``g`` in float64 (every value of :data:`ACTIVATION`)."""
+    import numpy as np
+
+    from onnxfuse.numerics import erf64
+
+    if activation == "silu":
+        return g / (1.0 + np.exp(-g))
+    if activation == "gelu":
+        return 0.5 * g * (1.0 + erf64(g / np.sqrt(2.0)))
+    if activation == "gelu_tanh":
+        return 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g**3)))
+    raise ValueError(f"the reference has no activation {activation!r}")
+
+
 def _gated_mlp_reference(X: Any, W_gate: Any, W_up: Any, W_down: Any, B_gate: Any = None,
                          B_up: Any = None, B_down: Any = None, *, activation: str) -> tuple[Any]:
     """:data:`FUSED_GATED_MLP`'s ``Y``, in float64 (the :attr:`OpSpec.reference` of the op)."""
-    import numpy as np
-
-    from onnxfuse.numerics import erf64, matmul64, to_float64
+    from onnxfuse.numerics import matmul64, to_float64
 
     def project(x: Any, w: Any, b: Any) -> Any:
         y = matmul64(x, w)
         return y if b is None else y + to_float64(b)
 
     g, u = project(X, W_gate, B_gate), project(X, W_up, B_up)
-    if activation == "silu":
-        a = g / (1.0 + np.exp(-g))
-    elif activation == "gelu":
-        a = 0.5 * g * (1.0 + erf64(g / np.sqrt(2.0)))
-    elif activation == "gelu_tanh":
-        a = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g**3)))
-    else:
-        raise ValueError(f"the reference has no activation {activation!r}")
-    return (project(a * u, W_down, B_down),)
+    return (project(_activate(g, activation) * u, W_down, B_down),)
 
+
+def _gated_mlp_nbits_reference(X: Any, Q_gate: Any, S_gate: Any, Q_up: Any, S_up: Any, Q_down: Any,
+                               S_down: Any, Z_gate: Any = None, Z_up: Any = None, Z_down: Any = None,
+                               B_gate: Any = None, B_up: Any = None, B_down: Any = None, *,
+                               activation: str, bits: int, block_size: int,
+                               accuracy_level: int = 0) -> tuple[Any]:
+    """:data:`FUSED_GATED_MLP_NBITS`'s ``Y``, in float64: each projection dequantized as ORT's
+    ``com.microsoft::MatMulNBits`` defines it (:func:`onnxfuse.numerics.matmul_nbits64`).
+    ``accuracy_level`` only allows a kernel to compute in lower precision (ORT's level 4
+    quantizes X to int8): the reference is exact."""
+    from onnxfuse.numerics import matmul_nbits64, to_float64
+
+    d, d_ff = X.shape[-1], Q_gate.shape[0]
+
+    def project(x: Any, q: Any, s: Any, z: Any, b: Any, k: int, n: int) -> Any:
+        y = matmul_nbits64(x, q, s, z, k=k, n=n, bits=bits, block_size=block_size)
+        return y if b is None else y + to_float64(b)
+
+    g = project(X, Q_gate, S_gate, Z_gate, B_gate, d, d_ff)
+    u = project(X, Q_up, S_up, Z_up, B_up, d, d_ff)
+    return (project(_activate(g, activation) * u, Q_down, S_down, Z_down, B_down, d_ff, Q_down.shape[0]),)
+
+
+ACTIVATION: Attribute[str] = Attribute("activation", ("silu", "gelu", "gelu_tanh"), "silu")
+"""The gated MLPs' activation (every gated-MLP op carries this one attribute)."""
 
 FUSED_GATED_MLP = OpSpec(
     op_id=0,
@@ -189,7 +236,7 @@ FUSED_GATED_MLP = OpSpec(
         Input("B_down", "[d]", optional=True),
     ),
     outputs=("Y",),
-    attributes=(Attribute("activation", ("silu", "gelu", "gelu_tanh"), "silu"),),
+    attributes=(ACTIVATION,),
     formula="{activation}(X @ W_gate[ + B_gate]) * (X @ W_up[ + B_up]) @ W_down[ + B_down]",
     rules="onnxfuse.graph_rewrites.rules.gated_mlp",
     kernel="onnxfuse.kernels.triton.gated_mlp:fused_gated_mlp",
@@ -198,7 +245,43 @@ FUSED_GATED_MLP = OpSpec(
 """``Y = (act(X @ W_gate + B_gate) * (X @ W_up + B_up)) @ W_down + B_down``; weights in ONNX
 MatMul layout [K, N]; the three biases are given all together or not at all."""
 
-REGISTRY: tuple[OpSpec, ...] = (FUSED_GATED_MLP,)
+FUSED_GATED_MLP_NBITS = OpSpec(
+    op_id=1,
+    op_type="FusedGatedMLPNBits",
+    inputs=(
+        Input("X", "[..., d]"),
+        Input("Q_gate", "[d_ff, kb_d, blob]", element_type="uint8"),
+        Input("S_gate", "[d_ff * kb_d]"),
+        Input("Q_up", "[d_ff, kb_d, blob]", element_type="uint8"),
+        Input("S_up", "[d_ff * kb_d]"),
+        Input("Q_down", "[d, kb_ff, blob]", element_type="uint8"),
+        Input("S_down", "[d * kb_ff]"),
+        Input("Z_gate", "[d_ff * zb_d]", optional=True, element_type="uint8"),
+        Input("Z_up", "[d_ff * zb_d]", optional=True, element_type="uint8"),
+        Input("Z_down", "[d * zb_ff]", optional=True, element_type="uint8"),
+        Input("B_gate", "[d_ff]", optional=True),
+        Input("B_up", "[d_ff]", optional=True),
+        Input("B_down", "[d]", optional=True),
+    ),
+    outputs=("Y",),
+    attributes=(ACTIVATION, Attribute("bits", (2, 4, 8), 4), Attribute("block_size", (16, 32, 64, 128, 256), 32),
+                Attribute("accuracy_level", (0, 1, 2, 3, 4), 0)),
+    formula="{activation}(X @ W(Q_gate, S_gate[, Z_gate])[ + B_gate]) * (X @ W(Q_up, S_up[, Z_up])[ + B_up]) "
+            "@ W(Q_down, S_down[, Z_down])[ + B_down]; int{bits}, block {block_size}",
+    rules="onnxfuse.graph_rewrites.rules.gated_mlp_nbits",
+    reference=_gated_mlp_nbits_reference,
+)
+"""The gated MLP over ``com.microsoft::MatMulNBits`` projections: each projection's packed
+weight ``Q`` ([N, ceil(K / block_size), block_size * bits / 8] uint8), scales ``S`` (N x blocks,
+type T) and optional packed zero points ``Z`` (uint8, N rows of ceil(blocks * bits / 8) bytes;
+absent: 2^(bits-1)) exactly as MatMulNBits stores them, dequantized ``W[k, n] = (q - z) * s``.
+One ``bits``, ``block_size`` and ``accuracy_level`` for all three projections; ``K`` and ``N``
+are not attributes: gate and up take K = d (X's last dim), N = d_ff (Q_gate's rows), down the
+reverse. Zero points and biases are each given for all three projections or for none. No
+native kernel yet: every session runs the node's function body (the original MatMulNBits
+nodes, ORT's own kernels)."""
+
+REGISTRY: tuple[OpSpec, ...] = (FUSED_GATED_MLP, FUSED_GATED_MLP_NBITS)
 """Every fused op, in ``op_id`` order."""
 
 
@@ -222,7 +305,8 @@ def contract() -> dict[str, object]:
         "domain": DOMAIN, "version": OPSET_VERSION, "element_types": ELEMENT_TYPES,
         "precisions": list(PRECISIONS),
         "ops": [{"op_id": s.op_id, "op_type": s.op_type,
-                 "inputs": [{"name": i.name, "optional": i.optional} for i in s.inputs],
+                 "inputs": [{"name": i.name, "optional": i.optional,
+                             **({"element_type": i.element_type} if i.element_type else {})} for i in s.inputs],
                  "outputs": list(s.outputs),
                  "attributes": [{"name": a.name, "values": list(a.values), "default": a.default}
                                 for a in s.attributes],
@@ -272,9 +356,10 @@ def c_header() -> str:
             f"constexpr int {p}_NumAttributes = {len(spec.attributes)};",
         ]
         for a in spec.attributes:
+            values = ", ".join(map(str, a.values)) if a.is_int else ", ".join(map(_c_string, a.values))
             lines += [
                 f"constexpr const char* {p}_{a.name}_Name = {_c_string(a.name)};",
-                f"constexpr const char* {p}_{a.name}_Values[] = {{{', '.join(map(_c_string, a.values))}}};",
+                f"constexpr {'int64_t' if a.is_int else 'const char*'} {p}_{a.name}_Values[] = {{{values}}};",
                 f"constexpr int {p}_{a.name}_Count = {len(a.values)};",
                 f"constexpr int {p}_{a.name}_Default = {a.values.index(a.default)};",
             ]

@@ -49,7 +49,8 @@ def write_hf_folder(spec_name: str, folder: Path, *, seed: int = 0) -> Path:
 # build 0.1-0.2 s: every build of a run happens in one process (:func:`build_all`).
 GENAI_BUILDS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("fp32", ()), ("fp16", ()), ("fp32", (("fuse_mlp_gate_up", "true"),)),
-    ("fp16", (("fuse_mlp_gate_up", "true"),)), ("int4", ()),
+    ("fp16", (("fuse_mlp_gate_up", "true"),)), ("int4", ()), ("int4", (("is_symmetric", "false"),)),
+    ("int4", (("block_size", "128"),)), ("int8", ()),
 )
 
 

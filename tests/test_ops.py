@@ -13,6 +13,7 @@ import pytest
 from onnxfuse import ops
 
 GATED = ops.FUSED_GATED_MLP
+NBITS = ops.FUSED_GATED_MLP_NBITS
 
 
 def test_op_ids_are_their_positions_and_names_unique() -> None:
@@ -26,6 +27,7 @@ def test_optional_inputs_follow_the_required_ones() -> None:
         assert flags == sorted(flags), spec.op_type
     assert GATED.required_inputs == 4
     assert GATED.input_names[:4] == ("X", "W_gate", "W_up", "W_down")
+    assert NBITS.required_inputs == 7
 
 
 def test_describe_fills_attributes_and_drops_absent_terms() -> None:
@@ -42,6 +44,11 @@ def test_attribute_codes_and_unknown_values() -> None:
         activation.code("relu")
     with pytest.raises(KeyError, match="no attribute 'alpha'"):
         GATED.attribute("alpha")
+    bits = NBITS.attribute("bits")  # an int attribute: its values are ints, codes still indices
+    assert bits.is_int and bits.code(4) == 1 and not GATED.attribute("activation").is_int
+    with pytest.raises(ValueError, match="unknown bits 3: choose one of 2, 4, 8"):
+        bits.code(3)
+    assert NBITS.attribute("activation") is GATED.attribute("activation")  # one declaration
 
 
 def test_find_names_only_registered_ops() -> None:
@@ -62,6 +69,8 @@ def test_c_header_compiles_and_embeds_the_contract(tmp_path: Path) -> None:
     source.write_text('#include "onnxfuse_ops.h"\n'
                       "static_assert(onnxfuse_ops::kFusedGatedMLP_NumInputs == 7, \"\");\n"
                       "static_assert(onnxfuse_ops::kFusedGatedMLP_activation_Count == 3, \"\");\n"
+                      "static_assert(onnxfuse_ops::kFusedGatedMLPNBits_NumInputs == 13, \"\");\n"
+                      "static_assert(onnxfuse_ops::kFusedGatedMLPNBits_block_size_Values[3] == 128, \"\");\n"
                       "int main() { return onnxfuse_ops::kFusedGatedMLP_Id; }\n")
     subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-I", str(tmp_path), str(source)],
                    check=True, capture_output=True)

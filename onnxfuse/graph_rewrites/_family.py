@@ -17,8 +17,9 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from onnxfuse import ops
+from onnxfuse.errors import first_line
 
-__all__ = ["REFUSED", "Family", "FusedNode", "Fusion", "NearMiss"]
+__all__ = ["REFUSED", "Family", "FusedNode", "Fusion", "NearMiss", "StructureMatcher"]
 
 REFUSED = "onnxfuse.refused"
 """``Node.meta`` key the pass sets on the root of a match that failed the semantic check (the
@@ -67,6 +68,39 @@ class Fusion(pattern.RewriteRuleClassBase):
         if reason is not None:
             return pattern.MatchResult().fail(reason, context.root)
         return self.check(context, **bindings)
+
+
+Found = tuple[Sequence[ir.Node], dict[str, object]] | str
+"""What a structural search returns at a node: the match's nodes and bindings, or the reason
+there is none."""
+
+
+class StructureMatcher(pattern.PatternMatcher):
+    """onnxscript's matcher interface over a structural search ``find(node)`` (a fusion's
+    ``matcher`` factory makes one per pattern): it adds the nodes and binds the values the
+    search found; every operand order is the search's business. A search that raises (a
+    malformed graph) is no match, never a crash."""
+
+    def __init__(self, target: Any, find: Callable[[ir.Node], Found]) -> None:
+        super().__init__(target)
+        self.find = find
+
+    def match(self, model: ir.Model, graph_or_function: ir.Graph | ir.Function, node: ir.Node, *,
+              verbose: int = 0, remove_nodes: bool = True, tracer: Any = None) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        try:
+            found = self.find(node)
+        except Exception as e:  # a malformed graph
+            return result.fail(f"cannot read the subgraph at {node.name or node.op_type}: {first_line(e)}", node)
+        if isinstance(found, str):
+            return result.fail(found, node)
+        nodes, bindings = found
+        for n in nodes:
+            result.add_node(n)
+        for name, value in bindings.items():
+            result.bind(name, value)
+        result.outputs.append(node.outputs[0])
+        return result
 
 
 @dataclasses.dataclass(frozen=True)

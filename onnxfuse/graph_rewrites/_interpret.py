@@ -156,6 +156,17 @@ def _split(node: ir.Node, a: Array, split: Array | None = None) -> tuple[Array, 
     return tuple(np.split(a, np.cumsum(sizes)[:-1], axis=axis))
 
 
+def _matmul_nbits(node: ir.Node, a: Array, b: Array, scales: Array, zero_points: Array | None = None,
+                  g_idx: Array | None = None, bias: Array | None = None) -> Array:
+    # com.microsoft::MatMulNBits: a block-quantized weight, dequantized as ORT defines it.
+    if g_idx is not None:
+        raise ValueError(f"MatMulNBits node {node.name} has a g_idx input")
+    attr = node.attributes
+    y = numerics.matmul_nbits64(a, b, scales, zero_points, k=attr.get_int("K", 0), n=attr.get_int("N", 0),
+                                bits=attr.get_int("bits", 4), block_size=attr.get_int("block_size", 0))
+    return y if bias is None else y + _f64(bias)
+
+
 def _concat(node: ir.Node, *parts: Array) -> Array:
     return np.concatenate([np.asarray(p) for p in parts], axis=node.attributes.get_int("axis", 0))
 
@@ -180,6 +191,7 @@ _OPS: dict[tuple[str, str], Callable[..., Result]] = {
     ("", "Gelu"): _gelu,
     ("", "Swish"): _scaled_silu(1.0),
     ("com.microsoft", "QuickGelu"): _scaled_silu(1.702),
+    ("com.microsoft", "MatMulNBits"): _matmul_nbits,
     ("", "MatMul"): _matmul,
     ("", "Gemm"): _gemm,
     ("", "Shape"): _shape,

@@ -3,11 +3,14 @@ projections it comes from."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import onnx_ir as ir
 
 from onnxfuse.graph_rewrites import _safety
 
-__all__ = ["SPLITTERS", "backward_slice", "is_elementwise", "is_projection", "node_name", "quantized", "standard_node"]
+__all__ = ["SPLITTERS", "backward_slice", "is_elementwise", "is_matmul_nbits", "is_projection", "node_name", "quantized",
+           "standard_node", "unremovable", "with_subgraph"]
 
 # Ops an activation or a bias may be built of, between a projection and the product.
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sigmoid", "Tanh", "Erf", "Gelu", "Relu",
@@ -21,6 +24,11 @@ _QUANTIZED_MATMULS = frozenset({("com.microsoft", "MatMulNBits"), ("com.microsof
 def is_elementwise(node: ir.Node) -> bool:
     """An op an activation or a bias may be built of (of any domain: QuickGelu, FastGelu, ...)."""
     return node.op_type in _ELEMENTWISE
+
+
+def is_matmul_nbits(node: ir.Node | None) -> bool:
+    """Whether ``node`` is a ``com.microsoft::MatMulNBits`` (a block-quantized projection)."""
+    return node is not None and (node.domain, node.op_type) == ("com.microsoft", "MatMulNBits")
 
 
 def is_projection(node: ir.Node) -> bool:
@@ -76,3 +84,26 @@ def standard_node(node: ir.Node, inputs: int) -> bool:
 
 def node_name(node: ir.Node) -> str:
     return node.name or f"<{node.op_type}>"
+
+
+def with_subgraph(nodes: Sequence[ir.Node]) -> ir.Node | None:
+    """The first node with a subgraph attribute. None of the matched ops has one; a
+    (malformed) node with one cannot be copied into the function body."""
+    return next((n for n in nodes if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+                                         for a in n.attributes.values())), None)
+
+
+def unremovable(nodes: Sequence[ir.Node], output: ir.Value) -> str | None:
+    """Why ``nodes`` cannot be replaced by one node computing ``output``: a value of theirs
+    (other than ``output``) that is a graph output or has a consumer outside them."""
+    members = {id(n) for n in nodes}
+    for node in nodes:
+        for value in node.outputs:
+            if value is output:
+                continue
+            if value.is_graph_output():
+                return f"{value.name} (from {node_name(node)}) is a graph output"
+            for user, _ in value.uses():
+                if id(user) not in members:
+                    return f"{value.name} (from {node_name(node)}) has another consumer: {node_name(user)}"
+    return None

@@ -141,7 +141,7 @@ def _verify(spec: ops.OpSpec, fused: ir.Node, original: Sequence[ir.Node],
     probe = np.random.default_rng(0).standard_normal(_probe_shape(spec, slot, args, rank))
     args[slot] = probe
     args += [None] * (len(spec.inputs) - len(args))
-    attributes = {a.name: fused.attributes[a.name].as_string() if a.name in fused.attributes
+    attributes = {a.name: fused.attributes[a.name].value if a.name in fused.attributes
                   else a.default for a in spec.attributes}
     actual = spec.reference(*args, **attributes)
     expected = _interpret.evaluate(original, {id(x): probe}, outputs, constants.array)
@@ -157,11 +157,11 @@ def _verify(spec: ops.OpSpec, fused: ir.Node, original: Sequence[ir.Node],
 
 
 def _dtype(values: Sequence[ir.Value | None]) -> numerics.DType | None:
-    """The element type of the first value whose type is known (the fusion's checks already
-    made them all agree)."""
+    """The float element type of the first value whose type is known and not an integer (a
+    quantized weight's uint8; the fusion's checks already made the float ones agree)."""
     for value in values:
         known = _safety.element_type(value)
-        if known is not None:
+        if known is not None and not known.is_integer():
             return _DTYPES.get(known)
     return None
 

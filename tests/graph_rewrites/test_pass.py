@@ -24,7 +24,9 @@ CASES = [dict(form=form, opset=opset, biased=biased, **layout)
     dict(form=form, opset=18, biased=biased, layers=2)
     for form, biased in itertools.product(EVALUATED_FORMS, (False, True))] + [
     dict(packed=packed, opset=18, biased=biased, layers=2)
-    for packed, biased in itertools.product(PACKED, (False, True))]
+    for packed, biased in itertools.product(PACKED, (False, True))] + [
+    # MatMulNBits projections: the quantized family (FusedGatedMLPNBits).
+    dict(form=form, weights="matmulnbits", layers=2) for form in ("silu", "gelu_tanh_dec")]
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,18 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import pattern as rewriter_pattern
 from onnxscript.rewriter.pattern import MatchResult
 
 from onnxfuse import ops
-from onnxfuse.errors import first_line
 from onnxfuse.graph_rewrites import _interpret, _packed, _safety, _scan
-from onnxfuse.graph_rewrites._family import Family, FusedNode, Fusion, NearMiss
+from onnxfuse.graph_rewrites._family import (
+    Family,
+    Found,
+    FusedNode,
+    Fusion,
+    NearMiss,
+    StructureMatcher,
+)
 
 __all__ = ["ACTIVATION_FORMS", "FAMILY", "ActivationForm", "EvaluatedGatedMLPFusion", "GatedMLPFusion",
            "check_candidate", "recognise_activation"]
@@ -172,7 +177,7 @@ class GatedMLPFusion(Fusion):
               b_up: ir.Value | None = None, b_down: ir.Value | None = None,
               **_: Any) -> MatchResult:
         result = MatchResult()
-        nested = _with_subgraph(context.nodes)
+        nested = _scan.with_subgraph(context.nodes)
         if nested is not None:
             return result.fail(f"{nested.op_type} node {nested.name} has a subgraph attribute", nested)
         if self.gemm:
@@ -202,13 +207,6 @@ FUSIONS: tuple[GatedMLPFusion, ...] = tuple(
     GatedMLPFusion(form, biased=b, gemm=g)
     for form in ACTIVATION_FORMS for b in (False, True) for g in (False, True))
 """Every form, biased and not, MatMul and Gemm, in priority order."""
-
-
-def _with_subgraph(nodes: Sequence[ir.Node]) -> ir.Node | None:
-    """The first node with a subgraph attribute. None of the matched ops has one; a
-    (malformed) node with one cannot be copied into the function body."""
-    return next((n for n in nodes if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-                                         for a in n.attributes.values())), None)
 
 
 # ------------------------------------------------------- activations, by what they compute
@@ -483,7 +481,7 @@ def _structure(root: ir.Node) -> _Structure | str:
         elif gate.x is not up.x:
             return "gate and up projections read different inputs"
         nodes = tuple(dict.fromkeys((*tail, mul, *act_nodes, *gate.nodes, *up.nodes, *extra)))
-        blocked = _unremovable(nodes, root.outputs[0])
+        blocked = _scan.unremovable(nodes, root.outputs[0])
         if blocked is not None:
             return blocked
         return _Structure(nodes, gate.x, gate, up, w_down, b_down, recognition.activation, packed)
@@ -509,48 +507,15 @@ def _packed_parts(gate: _Part, up: _Part) -> tuple[PackedWeight, tuple[ir.Node, 
     return PackedWeight(weight, *columns.parts), (matmul, *columns.nodes)
 
 
-def _unremovable(nodes: Sequence[ir.Node], output: ir.Value) -> str | None:
-    """Why ``nodes`` cannot be replaced by one node computing ``output``: a value of theirs
-    (other than ``output``) that is a graph output or has a consumer outside them."""
-    members = {id(n) for n in nodes}
-    for node in nodes:
-        for value in node.outputs:
-            if value is output:
-                continue
-            if value.is_graph_output():
-                return f"{value.name} (from {_scan.node_name(node)}) is a graph output"
-            for user, _ in value.uses():
-                if id(user) not in members:
-                    return f"{value.name} (from {_scan.node_name(node)}) has another consumer: {_scan.node_name(user)}"
-    return None
-
-
-class _StructureMatcher(rewriter_pattern.PatternMatcher):
-    """onnxscript's matcher interface over :func:`_structure`: it binds the pattern's variables
-    and the activation (and, for a packed projection, :class:`PackedWeight`); every operand
-    order is its own business."""
-
-    def __init__(self, target: Any, packed: bool) -> None:
-        super().__init__(target)
-        self.packed = packed
-
-    def match(self, model: ir.Model, graph_or_function: ir.Graph | ir.Function, node: ir.Node, *,
-              verbose: int = 0, remove_nodes: bool = True, tracer: Any = None) -> MatchResult:
-        result = MatchResult()
-        try:
-            found = _structure(node)
-        except Exception as e:  # a malformed graph: no match, never a crash
-            return result.fail(f"cannot read the subgraph at {_scan.node_name(node)}: {first_line(e)}", node)
-        if isinstance(found, str):
-            return result.fail(found, node)
-        if (found.packed is not None) != self.packed:
-            return result.fail("packed" if found.packed is not None else "not packed", node)
-        for n in found.nodes:
-            result.add_node(n)
-        for name, value in {**_bindings(found), "activation": found.activation}.items():
-            result.bind(name, value)
-        result.outputs.append(node.outputs[0])
-        return result
+def _find(node: ir.Node, packed: bool) -> Found:
+    """:func:`_structure` at ``node`` as :class:`StructureMatcher` takes it: the pattern's
+    variables and the activation (and, for a packed projection, :class:`PackedWeight`)."""
+    found = _structure(node)
+    if isinstance(found, str):
+        return found
+    if (found.packed is not None) != packed:
+        return "packed" if found.packed is not None else "not packed"
+    return found.nodes, {**_bindings(found), "activation": found.activation}
 
 
 def _bindings(found: _Structure) -> dict[str, object]:
@@ -582,12 +547,12 @@ class EvaluatedGatedMLPFusion(Fusion):
 
     def __init__(self, *, packed: bool) -> None:
         self.packed = packed
-        self.matcher = lambda target: _StructureMatcher(target, packed)
+        self.matcher = lambda target: StructureMatcher(target, lambda node: _find(node, packed))
         super().__init__(f"{_SPEC.op_type}[evaluated{',packed' if packed else ''}]", as_function=True)
 
     def pattern(self, op: Any, x: Any, w_gate: Any, w_up: Any, w_down: Any, b_gate: Any, b_up: Any,
                 b_down: Any) -> Any:
-        # The matcher matches (_StructureMatcher); the pattern names the values it binds.
+        # The matcher matches (_find); the pattern names the values it binds.
         return op.FusedGatedMLP(x, w_gate, w_up, w_down, b_gate, b_up, b_down, _domain=_SPEC.domain)
 
     def check(self, context: Any, x: ir.Value, w_gate: ir.Value,  # type: ignore[override]  # named bindings
@@ -595,7 +560,7 @@ class EvaluatedGatedMLPFusion(Fusion):
               b_up: ir.Value | None = None, b_down: ir.Value | None = None, biased: bool = False,
               packed: PackedWeight | None = None, **_: Any) -> MatchResult:
         result = MatchResult()
-        nested = _with_subgraph(context.nodes)
+        nested = _scan.with_subgraph(context.nodes)
         if nested is not None:
             return result.fail(f"{nested.op_type} node {nested.name} has a subgraph attribute", nested)
         reason = _evaluated_reason(x, w_gate, w_up, w_down, b_gate, b_up, b_down, biased, packed)
@@ -997,6 +962,8 @@ def scan(graph: ir.Graph) -> list[NearMiss]:
         if any(len(r) != 1 for r in side_roots):
             continue  # a side that is not one projection (or a constant scale): not an MLP
         roots = [side_roots[0][0], side_roots[1][0]]
+        if all(map(_scan.is_matmul_nbits, (*roots, down))):
+            continue  # three MatMulNBits projections: the quantized family's (rules/gated_mlp_nbits.py)
         if roots[0] is roots[1] and roots[0].op_type not in _scan.SPLITTERS:
             continue  # both factors from one projection: not gated
         ordered = [n for n in graph if n in {*sides[0], *sides[1], *roots, mul, down}]

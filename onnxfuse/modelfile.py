@@ -20,6 +20,7 @@ nothing reaches them until this check has passed. See docs/security.md.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -441,6 +442,7 @@ def _initializers(g: GraphProto) -> Iterator[TensorProto]:
                 yield from sub.initializer
 
 
+@functools.cache
 def _ort_schemas() -> frozenset[tuple[str, str]]:
     """(domain, op) of every op ONNX Runtime has a schema for, its own included; the default
     domain as ``""``."""

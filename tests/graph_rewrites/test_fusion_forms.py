@@ -156,6 +156,7 @@ NEAR_MISSES = {
     "down projection changes the width": (dict(w_down_shape=(D_FF, D + 3)), "weight shapes disagree"),
     "gate weight is 3-D": (dict(w_gate_shape=(1, D, D_FF)), "not 2-D"),
     "Tanh gate": (dict(form="tanh"), "not one of silu, gelu, gelu_tanh in a known form (nearest: "),
+    "silu plus 1e-10 g^8 (agrees near 0 only)": (dict(form="silu_plus_x8"), "not one of silu, gelu, gelu_tanh"),
     "plain sigmoid gate (GLU)": (dict(form="sigmoid_only"), "not one of silu, gelu, gelu_tanh"),
     "Swish with alpha 2": (dict(form="swish_alpha2", opset=24), "not one of"),
     "QuickGelu with alpha 1.702": (dict(form="quick_gelu_1702"), "not one of"),

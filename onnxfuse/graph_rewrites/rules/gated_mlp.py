@@ -211,9 +211,11 @@ FUSIONS: tuple[GatedMLPFusion, ...] = tuple(
 
 # ------------------------------------------------------- activations, by what they compute
 
-_PROBE = np.linspace(-6.0, 6.0, 241)
+_PROBE = np.concatenate([np.linspace(-6.0, 6.0, 241), [-100.0, -40.0, -20.0, 20.0, 40.0, 100.0]])
 """Where an activation subgraph is evaluated: densely over [-6, 6], where the op's activations
-differ most (silu and gelu by up to 0.19)."""
+differ most (silu and gelu by up to 0.19), and at a few far points, where every one of them is
+0 or x to well within the limit below, but a subgraph that only agrees near 0 (a high power
+of g added) does not."""
 _RECOGNISED_WITHIN = 1e-3
 """The largest difference (max abs on :data:`_PROBE`) between a subgraph and the activation
 it is recognised as. What rounding the constants to the model's type costs a correct

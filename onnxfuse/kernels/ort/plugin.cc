@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 
@@ -114,6 +115,12 @@ constexpr size_t kSlotGetSessionOptionsConfigEntries = 379;  // since 1.23
 // Every config key of the session, or nothing where ORT is older than 1.23 (it cannot list them).
 std::vector<std::string> ConfigKeys(const OrtSessionOptions* so, const OrtApiBase* base) {
   std::vector<std::string> keys;
+  // Ask for API 23 only where ORT has it: an older ORT prints a line to stderr for every
+  // GetApi of a version it lacks (API version N is ORT 1.N).
+  int major = 0, minor = 0;
+  if (std::sscanf(base->GetVersionString(), "%d.%d", &major, &minor) != 2 ||
+      major * 1000 + minor < 1000 + int(kListApiVersion))
+    return keys;
   const OrtApi* api = base->GetApi(kListApiVersion);
   if (!api) return keys;
   using ListFn = OrtStatus*(ORT_API_CALL*)(const OrtSessionOptions*, void**);
@@ -128,11 +135,17 @@ std::vector<std::string> ConfigKeys(const OrtSessionOptions* so, const OrtApiBas
     api->ReleaseStatus(st);
     return keys;
   }
+  if (!kvps) return keys;
   const char* const* names = nullptr;
   const char* const* values = nullptr;
   size_t n = 0;
   pairs(kvps, &names, &values, &n);
-  for (size_t i = 0; i < n; ++i) keys.emplace_back(names[i]);
+  try {
+    for (size_t i = 0; i < n; ++i) keys.emplace_back(names[i]);
+  } catch (...) {
+    release(kvps);
+    throw;
+  }
   release(kvps);
   return keys;
 }

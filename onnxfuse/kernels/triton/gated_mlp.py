@@ -45,7 +45,7 @@ from onnxfuse.kernels.triton.configs import (
 )
 from onnxfuse.kernels.triton.reference import TORCH_DTYPES
 
-__all__ = ["ACTIVATION_IDS", "KernelConfig", "fused_gated_mlp", "interpreting"]
+__all__ = ["ACTIVATION_IDS", "KernelConfig", "check_out", "fused_gated_mlp", "interpreting"]
 
 _ACTIVATION = ops.FUSED_GATED_MLP.attribute("activation")
 ACTIVATION_IDS = {name: _ACTIVATION.code(name) for name in _ACTIVATION.values}
@@ -275,10 +275,19 @@ def _validate(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down:
         if b is not None and (tuple(b.shape) != (size,) or b.dtype != x.dtype or b.device != x.device):
             raise KernelError(f"{name} must be [{size}] {x.dtype} on {x.device}, got "
                               f"{tuple(b.shape)} {b.dtype} on {b.device}")
+    check_out(out, x)
+    return int(d), int(d_ff)
+
+
+def check_out(out: torch.Tensor | None, x: torch.Tensor) -> None:
+    """A caller's ``out`` must match ``x`` in shape, type and device (it may be strided).
+
+    Raises:
+        KernelError: naming both.
+    """
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
         raise KernelError(f"out must be {tuple(x.shape)} {x.dtype} on {x.device}, got "
                           f"{tuple(out.shape)} {out.dtype} on {out.device}")
-    return int(d), int(d_ff)
 
 
 def _tma_eligible(*tensors: torch.Tensor) -> bool:

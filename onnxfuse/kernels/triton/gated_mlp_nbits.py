@@ -24,7 +24,7 @@ import triton.language as tl
 
 from onnxfuse import ops
 from onnxfuse.errors import KernelError
-from onnxfuse.kernels.triton.gated_mlp import ACTIVATION_IDS, _activation
+from onnxfuse.kernels.triton.gated_mlp import ACTIVATION_IDS, _activation, check_out
 from onnxfuse.kernels.triton.reference import TORCH_DTYPES
 
 __all__ = ["fused_gated_mlp_nbits"]
@@ -127,9 +127,7 @@ def _validate(x: torch.Tensor, projections: list[tuple[torch.Tensor, torch.Tenso
             if got != shape or t.dtype != dtype or t.device != x.device or not t.is_contiguous():
                 raise KernelError(f"{name}_{role} must be contiguous {dtype} {shape if name == 'Q' else f'of {shape[0]} values'} "
                                   f"on {x.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
-    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
-        raise KernelError(f"out must be {tuple(x.shape)} {x.dtype} on {x.device}, got "
-                          f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    check_out(out, x)
     return int(d), int(d_ff)
 
 

@@ -78,17 +78,14 @@ def greedy_generation(model: str, fused: Path, tokens: int = 32,
     """Greedy tokens from the fused ONNX model in ORT vs the torch model (no KV cache):
     ``{"prompt", "onnx_tokens", "torch_tokens", "identical", "text"}``."""
     import torch
-    import transformers
 
     from onnxfuse import models
+    from onnxfuse.pipeline.generate import checkpoint_tokenizer
 
-    source = models.resolve(model)
-    if source.path is None:
+    tok = checkpoint_tokenizer(model)
+    if tok is None:
         raise UnsupportedError("generation needs a real checkpoint with a tokenizer")
-    where, kwargs = ((source.path.parent, {"gguf_file": source.path.name}) if source.kind in ("gguf", "packaged")
-                     else (source.path, {}))
-    tok = transformers.AutoTokenizer.from_pretrained(where, local_files_only=True, **kwargs)
-    ex = models.build(source)
+    ex = models.build(model)
     ids = tok(prompt, return_tensors="pt").input_ids
     sess = sessions.session(fused)
     onnx_ids, torch_ids = ids.clone(), ids.clone()

@@ -166,33 +166,42 @@ class _Tokenizer:
         return int(eos) if isinstance(eos, int) else None
 
 
+def checkpoint_tokenizer(model: str) -> Any | None:
+    """The transformers tokenizer of the checkpoint ``model`` names (a GGUF file or package,
+    a Hugging Face folder), or ``None`` for a spec without one or a folder without tokenizer files.
+
+    Raises:
+        UserError: ``model`` names nothing (:func:`onnxfuse.models.resolve`).
+    """
+    import transformers
+
+    from onnxfuse import models
+
+    source = models.resolve(model)
+    if source.path is None:
+        return None
+    where, kwargs = ((source.path.parent, {"gguf_file": source.path.name}) if source.kind in ("gguf", "packaged")
+                     else (source.path, {}))
+    return transformers.AutoTokenizer.from_pretrained(where, local_files_only=True, **kwargs)
+
+
 def find_tokenizer(path: Path, info: sessions.ModelInfo) -> _Tokenizer | None:
     """The tokenizer of the model at ``path``: the one beside it (``tokenizer.json``, with
     ``tokenizer_config.json`` where present: genai folders, exports of checkpoint folders),
-    else its recorded source's (a GGUF's or a checkpoint folder's), else ``None``."""
+    else its recorded source's (:func:`checkpoint_tokenizer`), else ``None``."""
     import transformers
 
-    where: Path | None = None
-    kwargs: dict[str, str] = {}
-    if (path.parent / "tokenizer.json").is_file():
-        where = path.parent
-    elif info.source is not None:
-        from onnxfuse import models
-
-        try:
-            source = models.resolve(info.source)
-        except UserError:
-            return None
-        if source.path is None:
-            return None
-        where, kwargs = ((source.path.parent, {"gguf_file": source.path.name}) if source.kind in ("gguf", "packaged")
-                         else (source.path, {}))
-    if where is None:
-        return None
     try:
-        return _Tokenizer(transformers.AutoTokenizer.from_pretrained(where, local_files_only=True, **kwargs))
+        if (path.parent / "tokenizer.json").is_file():
+            return _Tokenizer(transformers.AutoTokenizer.from_pretrained(path.parent, local_files_only=True))
+        if info.source is None:
+            return None
+        tok = checkpoint_tokenizer(info.source)
+    except UserError:
+        return None
     except Exception:  # no tokenizer files after all: ids only
         return None
+    return None if tok is None else _Tokenizer(tok)
 
 
 def _model_path(model: Path) -> Path:

@@ -146,6 +146,32 @@ def test_the_registry_reference_is_the_original_mlp_in_ort(kw: dict[str, Any]) -
     assert c.passed, c.detail
 
 
+@pytest.mark.parametrize(("block_size", "bits", "zero_points"), [(16, 4, True), (32, 4, False), (128, 8, True)])
+def test_the_int8_row_of_the_table_covers_ort_at_accuracy_level_4(block_size: int, bits: int, zero_points: bool) -> None:
+    """ORT's MatMulNBits at accuracy_level 4 quantizes each GEMM's input to int8: the original
+    model is then off the float64 reference by more than the float32 row allows (the row is
+    needed) and within the int8 row; a weight read with its nibbles swapped is not."""
+    model = nbits_mlp(256, 344, bits=bits, block_size=block_size, zero_points=zero_points)
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.name == "accuracy_level":
+                a.i = 4
+    x = _x(256, rows=7)
+    (got,) = ort_run(model, x)
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    args = [arrays.get(f"{p}_{part}") for part in "qsz" for p in ("gate", "up", "down")]
+    (q_g, q_u, q_d), (s_g, s_u, s_d), (z_g, z_u, z_d) = args[:3], args[3:6], args[6:]
+    attributes = dict(activation="silu", bits=bits, block_size=block_size, accuracy_level=4)
+    assert SPEC.reference is not None
+    (want,) = SPEC.reference(x["x"], q_g, s_g, q_u, s_u, q_d, s_d, z_g, z_u, z_d, None, None, None, **attributes)
+    c = numerics.compare("y", got, want, limit=numerics.tolerance("float32", "int8"))
+    assert c.passed and c.rel_l2 > numerics.tolerance("float32"), c.detail
+    swapped = q_g if bits == 8 else (q_g << 4) | (q_g >> 4)  # the fault: high nibble first
+    (wrong,) = SPEC.reference(x["x"], swapped ^ (0xFF if bits == 8 else 0), s_g, q_u, s_u, q_d, s_d, z_g, z_u, z_d,
+                              None, None, None, **attributes)
+    assert not numerics.compare("y", wrong, got, limit=numerics.tolerance("float32", "int8")).passed
+
+
 # ------------------------------------------------------------------------- the fusion
 
 FORMS = {

@@ -18,6 +18,8 @@ GPU this is a correctness baseline, not a measured kernel.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -65,7 +67,7 @@ def _nbits_kernel(
     stride_am, stride_ak, stride_cm, stride_cn,
     # constexprs
     GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, ACTIVATION: tl.constexpr,
-    BITS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BITS: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """C = A @ W1 (+ bias1), or, if GATED, act(A @ W1 + bias1) * (A @ W2 + bias2); W1, W2
@@ -85,10 +87,10 @@ def _nbits_kernel(
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
         w_mask = mask_k[:, None] & mask_n[None, :]
         w1 = _dequantized(q1_ptr, s1_ptr, z1_ptr, offs_k, offs_n, w_mask, BLOCKS, HAS_ZP, BITS, BLOCK_SIZE)
-        acc1 = tl.dot(a, w1, acc1, input_precision="ieee")
+        acc1 = tl.dot(a, w1, acc1, input_precision=PRECISION)
         if GATED:
             w2 = _dequantized(q2_ptr, s2_ptr, z2_ptr, offs_k, offs_n, w_mask, BLOCKS, HAS_ZP, BITS, BLOCK_SIZE)
-            acc2 = tl.dot(a, w2, acc2, input_precision="ieee")
+            acc2 = tl.dot(a, w2, acc2, input_precision=PRECISION)
     if HAS_BIAS:
         acc1 += tl.load(bias1_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if GATED:
@@ -100,10 +102,12 @@ def _nbits_kernel(
 
 
 def _validate(x: torch.Tensor, projections: list[tuple[torch.Tensor, torch.Tensor]], zero_points: list[torch.Tensor | None],
-              biases: list[torch.Tensor | None], bits: int, block_size: int, activation: str,
+              biases: list[torch.Tensor | None], bits: int, block_size: int, activation: str, precision: str,
               out: torch.Tensor | None) -> tuple[int, int]:
     if activation not in ACTIVATION_IDS:
         raise KernelError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATION_IDS)}")
+    if precision not in ops.PRECISIONS:
+        raise KernelError(f"unknown precision {precision!r}: choose one of {', '.join(ops.PRECISIONS)}")
     for name, value in (("bits", bits), ("block_size", block_size)):
         allowed = _SPEC.attribute(name).values
         if value not in allowed:
@@ -133,7 +137,7 @@ def _validate(x: torch.Tensor, projections: list[tuple[torch.Tensor, torch.Tenso
 
 def _launch(a: torch.Tensor, first: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
             second: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None,
-            c: torch.Tensor, *, activation: str, bits: int, block_size: int) -> None:
+            c: torch.Tensor, *, activation: str, bits: int, block_size: int, precision: str) -> None:
     M, K = a.shape
     N = c.shape[1]
     q1, s1, z1, b1 = first
@@ -146,6 +150,7 @@ def _launch(a: torch.Tensor, first: tuple[torch.Tensor, torch.Tensor, torch.Tens
         a.stride(0), a.stride(1), c.stride(0), c.stride(1),
         GATED=second is not None, HAS_BIAS=b1 is not None, HAS_ZP=z1 is not None,
         ACTIVATION=ACTIVATION_IDS[activation], BITS=bits, BLOCK_SIZE=block_size,
+        PRECISION=precision if a.dtype == torch.float32 else "ieee",
         BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_K=_BLOCK_K,
     )
 
@@ -161,12 +166,15 @@ def fused_gated_mlp_nbits(
     bits: int = _SPEC.attribute("bits").default,
     block_size: int = _SPEC.attribute("block_size").default,
     accuracy_level: int = _SPEC.attribute("accuracy_level").default,
+    precision: str = "tf32",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``FusedGatedMLPNBits`` on Triton: the operands as ``MatMulNBits`` stores them
     (:data:`onnxfuse.ops.FUSED_GATED_MLP_NBITS`), contiguous; X ``[..., d]`` float32, float16
     or bfloat16. ``accuracy_level`` is accepted and ignored: the kernel dequantizes to float32
-    and accumulates in float32 at every level. ``out``: a buffer of X's shape and dtype.
+    and accumulates in float32 at every level. ``precision``: for float32 X, the dot's
+    ``tf32`` (tensor cores, default; the interpreter computes ieee) or ``ieee``; 16-bit X always
+    ``ieee`` (the dequantized tile is float32). ``out``: a buffer of X's shape and dtype.
 
     Raises:
         KernelError: a shape, dtype, device, activation, ``bits`` or ``block_size`` that does
@@ -174,7 +182,7 @@ def fused_gated_mlp_nbits(
     """
     projections = [(q_gate, s_gate), (q_up, s_up), (q_down, s_down)]
     zero_points, biases = [z_gate, z_up, z_down], [b_gate, b_up, b_down]
-    d, d_ff = _validate(x, projections, zero_points, biases, bits, block_size, activation, out)
+    d, d_ff = _validate(x, projections, zero_points, biases, bits, block_size, activation, precision, out)
     y = out if out is not None else torch.empty_like(x)
     a = x.reshape(-1, d)
     if a.shape[0] == 0:
@@ -182,9 +190,9 @@ def fused_gated_mlp_nbits(
     m = a.shape[0]
     h = torch.empty((m, d_ff), dtype=x.dtype, device=x.device)
     y2 = y.view(m, d) if y.is_contiguous() else torch.empty((m, d), dtype=x.dtype, device=x.device)
-    _launch(a, (q_gate, s_gate, z_gate, b_gate), (q_up, s_up, z_up, b_up), h, activation=activation, bits=bits,
-            block_size=block_size)
-    _launch(h, (q_down, s_down, z_down, b_down), None, y2, activation=activation, bits=bits, block_size=block_size)
+    launch = functools.partial(_launch, activation=activation, bits=bits, block_size=block_size, precision=precision)
+    launch(a, (q_gate, s_gate, z_gate, b_gate), (q_up, s_up, z_up, b_up), h)
+    launch(h, (q_down, s_down, z_down, b_down), None, y2)
     if y2.data_ptr() != y.data_ptr():
         y.copy_(y2.view(y.shape))
     return y
